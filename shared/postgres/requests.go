@@ -1,0 +1,189 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/openasync/asyncrequest/shared/requestid"
+)
+
+// Idempotency outcomes of RequestInsert.
+var (
+	// ErrIdempotencyMismatch: the key was used within 24 h with another body.
+	ErrIdempotencyMismatch = errors.New("idempotency key was used with a different body")
+	// ErrIdempotencyInFlight: a submit with the key is being inserted now.
+	ErrIdempotencyInFlight = errors.New("a request with this idempotency key is still being submitted")
+)
+
+// IdempotencyWindow is how long an Idempotency-Key is honoured.
+const IdempotencyWindow = 24 * time.Hour
+
+// RequestInsertParams is a new request. Defaults are applied by the API
+// before it gets here.
+type RequestInsertParams struct {
+	ID              requestid.ID
+	OrganizationID  int64
+	ModelID         string
+	IsChain         bool
+	DeploymentID    string
+	WebhookEndpoint string
+	Priority        int
+	MaxTimeInQueue  time.Duration
+	MaxAttempts     int
+	InitialDelayMS  int
+	MaxDelayMS      int
+	Input           []byte
+	// IdempotencyKey, when set, makes the insert idempotent per
+	// organization; BodyHash identifies the submitted body.
+	IdempotencyKey string
+	BodyHash       []byte
+}
+
+// RequestInsertResult says which request the submit stands for.
+type RequestInsertResult struct {
+	ID       requestid.ID
+	Replayed bool // an earlier submit with the same Idempotency-Key
+}
+
+// RequestInsert queues a request and wakes processors, in one transaction.
+// With an idempotency key, concurrent identical submits insert exactly one
+// row: the first holds an advisory lock on the key while the others get
+// ErrIdempotencyInFlight, and later ones replay its id.
+func (db *DB) RequestInsert(ctx context.Context, p RequestInsertParams) (RequestInsertResult, error) {
+	res := RequestInsertResult{ID: p.ID}
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		if p.IdempotencyKey != "" {
+			h := fnv.New64a()
+			fmt.Fprintf(h, "%d\x00%s", p.OrganizationID, p.IdempotencyKey)
+			var locked bool
+			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(h.Sum64())).Scan(&locked); err != nil {
+				return err
+			}
+			if !locked {
+				return ErrIdempotencyInFlight
+			}
+			var prevID requestid.ID
+			var prevHash []byte
+			err := tx.QueryRow(ctx, `
+				SELECT request_id, body_hash FROM idempotency_keys
+				WHERE organization_id = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)`,
+				p.OrganizationID, p.IdempotencyKey, IdempotencyWindow.Seconds()).Scan(&prevID, &prevHash)
+			switch {
+			case err == nil && !bytes.Equal(prevHash, p.BodyHash):
+				return ErrIdempotencyMismatch
+			case err == nil:
+				res = RequestInsertResult{ID: prevID, Replayed: true}
+				return nil
+			case !errors.Is(err, pgx.ErrNoRows):
+				return err
+			}
+			if _, err := tx.Exec(ctx, `
+				INSERT INTO idempotency_keys (organization_id, key, body_hash, request_id) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (organization_id, key) DO UPDATE
+				SET body_hash = excluded.body_hash, request_id = excluded.request_id, created_at = now()`,
+				p.OrganizationID, p.IdempotencyKey, p.BodyHash, p.ID); err != nil {
+				return err
+			}
+		}
+		webhookState := WebhookNone
+		var endpoint *string
+		if p.WebhookEndpoint != "" {
+			webhookState, endpoint = WebhookPending, &p.WebhookEndpoint
+		}
+		if _, err := tx.Exec(ctx, `
+			INSERT INTO async_requests (id, organization_id, model_id, is_chain, deployment_id, state,
+				webhook_state, webhook_endpoint, priority, due_at, deadline_at, max_attempts,
+				initial_delay_ms, max_delay_ms, input, created_at, status_at)
+			VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, now(), now() + make_interval(secs => $9),
+				$10, $11, $12, $13, now(), now())`,
+			p.ID, p.OrganizationID, p.ModelID, p.IsChain, p.DeploymentID, webhookState, endpoint,
+			p.Priority, p.MaxTimeInQueue.Seconds(), p.MaxAttempts, p.InitialDelayMS, p.MaxDelayMS, p.Input); err != nil {
+			return err
+		}
+		// Identical notifications in one transaction are delivered once, and
+		// listeners coalesce the rest.
+		_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel)
+		return err
+	})
+	if err != nil {
+		return RequestInsertResult{}, fmt.Errorf("insert request: %w", err)
+	}
+	return res, nil
+}
+
+// RequestGetByID returns an organization's request, or ErrNotFound (also for
+// another organization's request).
+func (db *DB) RequestGetByID(ctx context.Context, organizationID int64, id requestid.ID) (Request, error) {
+	r, err := scanRequest(db.Pool.QueryRow(ctx,
+		`SELECT `+requestColumns+` FROM async_requests WHERE id = $1 AND organization_id = $2`, id, organizationID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return Request{}, ErrNotFound
+	}
+	if err != nil {
+		return Request{}, fmt.Errorf("get request: %w", err)
+	}
+	return r, nil
+}
+
+// RequestCancel cancels a QUEUED request (including one waiting for a
+// retry). It returns the request as it now is and whether this call
+// canceled it. A claim racing the cancel resolves to exactly one of them:
+// both update only a QUEUED row, under its row lock.
+func (db *DB) RequestCancel(ctx context.Context, organizationID int64, id requestid.ID) (Request, bool, error) {
+	r, err := scanRequest(db.Pool.QueryRow(ctx, `
+		UPDATE async_requests
+		SET state = 'CANCELED', webhook_state = 'CANCELED', status_at = now(), finished_at = now(),
+			input = NULL, purge_at = now() + make_interval(secs => $3)
+		WHERE id = $1 AND organization_id = $2 AND state = 'QUEUED'
+		RETURNING `+requestColumns, id, organizationID, db.StatusRetention.Seconds()))
+	if err == nil {
+		return r, true, nil
+	}
+	if !errors.Is(err, pgx.ErrNoRows) {
+		return Request{}, false, fmt.Errorf("cancel request: %w", err)
+	}
+	r, err = db.RequestGetByID(ctx, organizationID, id)
+	return r, false, err
+}
+
+// RequestCountActive counts an organization's QUEUED and IN_PROGRESS
+// requests, stopping at limit so the cost is bounded.
+func (db *DB) RequestCountActive(ctx context.Context, organizationID int64, limit int) (int, error) {
+	var n int
+	err := db.Pool.QueryRow(ctx, `
+		SELECT count(*) FROM (
+			SELECT 1 FROM async_requests
+			WHERE organization_id = $1 AND state IN ('QUEUED', 'IN_PROGRESS') LIMIT $2
+		) active`, organizationID, limit).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count active requests: %w", err)
+	}
+	return n, nil
+}
+
+// QueueCounts is a deployment's queue depth.
+type QueueCounts struct {
+	Queued     int64
+	InProgress int64
+}
+
+// DeploymentQueueCounts counts a deployment's QUEUED and IN_PROGRESS
+// requests through their partial indexes.
+func (db *DB) DeploymentQueueCounts(ctx context.Context, deploymentID string) (QueueCounts, error) {
+	var c QueueCounts
+	err := db.Pool.QueryRow(ctx, `
+		SELECT
+			(SELECT count(*) FROM async_requests WHERE deployment_id = $1 AND state = 'QUEUED'),
+			(SELECT count(*) FROM async_requests WHERE deployment_id = $1 AND state = 'IN_PROGRESS')`,
+		deploymentID).Scan(&c.Queued, &c.InProgress)
+	if err != nil {
+		return QueueCounts{}, fmt.Errorf("count queue: %w", err)
+	}
+	return c, nil
+}
