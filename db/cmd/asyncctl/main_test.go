@@ -1,0 +1,112 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/sethvargo/go-envconfig"
+
+	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+func TestCLI(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	setup := func(t *testing.T) (func(args ...string) (int, string, string), *postgres.DB) {
+		t.Helper()
+		dbURL := pgtest.URL(t)
+		pg, err := postgres.Open(ctx, dbURL, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pg.Close)
+		env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": dbURL, "UPSTREAM_KEY": "s3cret"})
+		return func(args ...string) (int, string, string) {
+			var out, errOut bytes.Buffer
+			code := run(ctx, args, &out, &errOut, env)
+			return code, out.String(), errOut.String()
+		}, pg
+	}
+
+	t.Run("FullSetup", func(t *testing.T) {
+		t.Parallel()
+		run, pg := setup(t)
+		steps := [][]string{
+			{"migrate"},
+			{"create-org", "acme"},
+			{"create-org", "acme"},
+			{"create-model", "--org", "acme", "--id", "m1"},
+			{"create-model", "--org", "acme", "--id", "c1", "--chain"},
+			{"create-deployment", "--org", "acme", "--model", "m1", "--id", "d1", "--url", "https://model.example.com", "--env", "production,development", "--max-concurrency", "4", "--credential-env", "UPSTREAM_KEY"},
+		}
+		for _, s := range steps {
+			if code, out, errOut := run(s...); code != 0 {
+				t.Fatalf("%v = %d %s %s", s, code, out, errOut)
+			}
+		}
+		code, key, _ := run("create-api-key", "--org", "acme")
+		if code != 0 || !strings.HasPrefix(key, "ak_") {
+			t.Fatalf("create-api-key = %d %q", code, key)
+		}
+		org, err := pg.APIKeyAuthenticate(ctx, strings.TrimSpace(key))
+		if err != nil {
+			t.Fatalf("printed key does not authenticate: %v", err)
+		}
+		d, err := pg.DeploymentResolve(ctx, postgres.DeploymentTarget{OrganizationID: org, ModelID: "m1", Kind: postgres.KindModel, Environment: "development"})
+		if err != nil || d.ID != "d1" || d.MaxConcurrency != 4 || d.UpstreamCredential != "s3cret" {
+			t.Fatalf("deployment = %+v, %v", d, err)
+		}
+		code, secret, _ := run("rotate-webhook-secret", "--org", "acme")
+		if code != 0 || !strings.HasPrefix(secret, "whsec_") {
+			t.Fatalf("rotate = %d %q", code, secret)
+		}
+		active, _ := pg.WebhookSecretsActive(ctx, org)
+		if len(active) != 1 || active[0] != strings.TrimSpace(secret) {
+			t.Fatalf("active secrets = %v", active)
+		}
+	})
+
+	t.Run("BadArguments", func(t *testing.T) {
+		t.Parallel()
+		run, _ := setup(t)
+		if code, _, _ := run("create-org", "acme"); code != 0 {
+			t.Fatal("create-org failed")
+		}
+		tests := []struct {
+			name    string
+			args    []string
+			mention string
+		}{
+			{"NoCommand", nil, "missing command"},
+			{"UnknownCommand", []string{"frobnicate"}, "unknown command"},
+			{"UnknownFlag", []string{"create-model", "--bogus"}, "bogus"},
+			{"OrgMissing", []string{"create-api-key"}, "--org"},
+			{"OrgUnknown", []string{"create-api-key", "--org", "nope"}, "does not exist"},
+			{"BadModelID", []string{"create-model", "--org", "acme", "--id", "has space"}, "--id"},
+			{"BadURL", []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "ftp://x"}, "--url"},
+			{"BadConcurrency", []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "https://x", "--max-concurrency", "0"}, "--max-concurrency"},
+			{"UnknownModel", []string{"create-deployment", "--org", "acme", "--model", "ghost", "--id", "d", "--url", "https://x"}, "does not exist"},
+			{"MissingCredentialVar", []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "https://x", "--credential-env", "NOPE"}, "NOPE"},
+			{"BadSecret", []string{"rotate-webhook-secret", "--org", "acme", "--secret", "hunter2"}, "whsec_"},
+			{"ExtraArgument", []string{"create-org", "a", "b"}, "exactly one"},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				t.Parallel()
+				code, _, line := run(tt.args...)
+				if code != 2 {
+					t.Errorf("exit = %d, want 2", code)
+				}
+				if strings.Count(line, "\n") != 1 || !strings.Contains(line, tt.mention) {
+					t.Errorf("stderr = %q, want one line mentioning %q", line, tt.mention)
+				}
+			})
+		}
+	})
+}
