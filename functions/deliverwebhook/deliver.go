@@ -1,0 +1,301 @@
+package deliverwebhook
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/requestid"
+	"github.com/openasync/asyncrequest/shared/webhook"
+)
+
+// EventType is the payload's "type".
+const EventType = "async_request_completed"
+
+// TimeFormat is the layout of the payload's "time": RFC 3339 in UTC with
+// microseconds, as everywhere in the API.
+const TimeFormat = "2006-01-02T15:04:05.000000Z"
+
+// maxResponseBytes is how much of a receiver's answer is read: enough to
+// reuse the connection after a normal answer, little enough that a receiver
+// cannot make us read without end.
+const maxResponseBytes = 64 << 10
+
+// maxReasonBody is how much of a refusing receiver's body goes into the
+// outbox row's last_error.
+const maxReasonBody = 200
+
+// Payload is the body of a webhook (SPEC §6). Models carry model_id,
+// chains chain_id.
+type Payload struct {
+	RequestID    string                  `json:"request_id"`
+	ModelID      string                  `json:"model_id,omitempty"`
+	ChainID      string                  `json:"chain_id,omitempty"`
+	DeploymentID string                  `json:"deployment_id"`
+	Type         string                  `json:"type"`
+	Time         string                  `json:"time"`
+	Data         json.RawMessage         `json:"data"`
+	Errors       []postgres.AttemptError `json:"errors"`
+}
+
+// EncodePayload returns the exact bytes of a delivery's webhook body. It
+// depends only on the stored request, never on the time of sending ("time"
+// is when the request finished), so every retry and redelivery of a request
+// sends the same body. The output is embedded as stored (null when none; an
+// output that is not JSON, which the processor never stores, as a string),
+// and nothing is HTML-escaped.
+func EncodePayload(del postgres.WebhookDelivery) ([]byte, error) {
+	p := Payload{
+		RequestID:    del.RequestID.String(),
+		DeploymentID: del.DeploymentID,
+		Type:         EventType,
+		Time:         del.FinishedAt.UTC().Format(TimeFormat),
+		Data:         del.Output,
+		Errors:       del.Errors,
+	}
+	if del.IsChain {
+		p.ChainID = del.ModelID
+	} else {
+		p.ModelID = del.ModelID
+	}
+	if p.Errors == nil {
+		p.Errors = []postgres.AttemptError{}
+	}
+	if len(p.Data) > 0 && !json.Valid(p.Data) {
+		s, err := json.Marshal(string(p.Data))
+		if err != nil {
+			return nil, fmt.Errorf("encode webhook payload: %w", err)
+		}
+		p.Data = s
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(p); err != nil {
+		return nil, fmt.Errorf("encode webhook payload: %w", err)
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+}
+
+// attempt is what one delivery attempt came to.
+type attempt struct {
+	classification
+	// status is the receiver's HTTP status; 0 when none arrived.
+	status int
+	// sent is true when the request went out (or was tried).
+	sent bool
+	// duration is how long the HTTP exchange took.
+	duration time.Duration
+	// canceled is true when the attempt was cut short because the
+	// deliverer is stopping; the delivery is handed back, not judged.
+	canceled bool
+}
+
+// deliver makes one attempt at del and records its outcome. ctx ending
+// (the deliverer stopping) hands the delivery back.
+func (d *Deliverer) deliver(ctx context.Context, del postgres.WebhookDelivery, c *counters) {
+	log := d.log.With("request_id", del.RequestID.String(), "delivery_id", del.ID, "attempt", del.Attempt)
+	ctx = trace.ContextWithRemoteSpanContext(ctx, requestSpanContext(del.RequestID))
+	ctx, span := d.tracer.Start(ctx, "webhook", trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(
+			attribute.String("request_id", del.RequestID.String()),
+			attribute.Int("webhook.attempt", del.Attempt),
+			attribute.String("http.request.method", http.MethodPost),
+		))
+	defer span.End()
+	if u, err := url.Parse(del.WebhookEndpoint); err == nil {
+		span.SetAttributes(attribute.String("server.address", u.Hostname()))
+	}
+
+	a := d.send(ctx, del)
+	if a.status != 0 {
+		span.SetAttributes(attribute.Int("http.response.status_code", a.status))
+	}
+	if a.verdict != verdictSuccess {
+		span.SetStatus(codes.Error, a.reason)
+	}
+
+	recCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+	defer cancel()
+	if a.canceled {
+		n, err := d.db.WebhookDeliveryRelease(recCtx, d.id, []int64{del.ID})
+		if err != nil {
+			log.Error("hand back webhook delivery", "error", err)
+			return
+		}
+		c.handedBack.Add(int64(n))
+		log.Info("handed webhook delivery back on shutdown")
+		return
+	}
+
+	var delay time.Duration
+	if a.verdict == verdictRetry {
+		next, ok := NextDelay(d.schedule, del.Attempt, d.jitter())
+		if ok {
+			delay = max(next, a.retryAfter)
+		} else {
+			a.verdict = verdictFail
+			a.reason = fmt.Sprintf("gave up after %d attempts: %s", del.Attempt, a.reason)
+		}
+	}
+	if d.metrics != nil {
+		d.metrics.WebhookDeliveries.WithLabelValues(a.verdict.String()).Inc()
+		if a.sent {
+			d.metrics.WebhookDuration.Observe(a.duration.Seconds())
+		}
+	}
+
+	var owned bool
+	var err error
+	switch a.verdict {
+	case verdictSuccess:
+		owned, err = d.db.WebhookDeliverySucceed(recCtx, del.ID, d.id)
+		c.succeeded.Add(1)
+		log.Info("webhook delivered", "status", a.status)
+	case verdictRetry:
+		owned, err = d.db.WebhookDeliveryRetry(recCtx, postgres.WebhookDeliveryRetryParams{
+			ID: del.ID, Owner: d.id, Delay: delay, LastError: a.reason,
+		})
+		c.retried.Add(1)
+		log.Warn("webhook not delivered; will retry", "reason", a.reason, "retry_in", delay.Round(time.Millisecond).String())
+	default:
+		owned, err = d.db.WebhookDeliveryFail(recCtx, del.ID, d.id, a.reason)
+		c.failed.Add(1)
+		log.Warn("webhook delivery failed", "reason", a.reason)
+	}
+	switch {
+	case err != nil:
+		c.lost.Add(1)
+		log.Error("record webhook outcome; the webhook will be sent again when its lease runs out", "error", err)
+	case !owned:
+		c.lost.Add(1)
+		log.Warn("webhook outcome not recorded: the lease passed to another deliverer")
+	}
+}
+
+// send signs and sends del's webhook once and judges the answer.
+func (d *Deliverer) send(ctx context.Context, del postgres.WebhookDelivery) attempt {
+	fail := func(reason string) attempt {
+		return attempt{classification: classification{verdict: verdictFail, reason: reason}}
+	}
+	if del.WebhookEndpoint == "" {
+		return fail("request has no webhook_endpoint")
+	}
+	u, err := url.Parse(del.WebhookEndpoint)
+	switch {
+	case err != nil:
+		return fail("webhook_endpoint is not a valid URL")
+	case u.Scheme == "https", u.Scheme == "http" && d.cfg.AllowHTTP:
+	default:
+		return fail("webhook_endpoint scheme " + u.Scheme + " is not allowed")
+	}
+
+	body, err := EncodePayload(del)
+	if err != nil {
+		return fail(err.Error())
+	}
+	secrets, err := d.secrets.get(ctx, del.OrganizationID)
+	if err != nil {
+		if ctx.Err() != nil {
+			return attempt{canceled: true}
+		}
+		return attempt{classification: classification{verdict: verdictRetry, reason: "load webhook secrets: " + err.Error()}}
+	}
+	if len(secrets) == 0 {
+		return fail(errNoSecret.Error())
+	}
+	id := del.RequestID.String()
+	headers, err := webhook.Signer{Secrets: secrets, Compat: d.cfg.CompatHeaders}.Headers(id, id, d.now(), body)
+	if err != nil {
+		return fail("sign webhook: " + err.Error())
+	}
+
+	attemptCtx, cancel := context.WithTimeout(ctx, d.cfg.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(attemptCtx, http.MethodPost, del.WebhookEndpoint, bytes.NewReader(body))
+	if err != nil {
+		return fail("webhook_endpoint is not a valid URL")
+	}
+	req.Header = headers
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("User-Agent", UserAgent)
+
+	start := time.Now()
+	resp, err := d.client.Do(req)
+	var answer []byte
+	if err == nil {
+		answer, _ = io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+		_ = resp.Body.Close()
+	}
+	a := attempt{sent: true, duration: time.Since(start)}
+	if err != nil {
+		if ctx.Err() != nil {
+			return attempt{canceled: true}
+		}
+		a.classification = classify(nil, err, d.now())
+		return a
+	}
+	a.status = resp.StatusCode
+	a.classification = classify(resp, nil, d.now())
+	if a.verdict != verdictSuccess {
+		if snippet := reasonSnippet(answer); snippet != "" {
+			a.reason += ": " + snippet
+		}
+	}
+	return a
+}
+
+// describeSendError words a failed exchange for last_error and the logs.
+// The *url.Error wrapper is dropped: it repeats the URL, which may carry a
+// receiver's token in its query.
+func describeSendError(err error) string {
+	var urlErr *url.Error
+	if errors.As(err, &urlErr) {
+		err = urlErr.Err
+	}
+	var netErr net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &netErr) && netErr.Timeout()) {
+		return "timed out: " + err.Error()
+	}
+	return err.Error()
+}
+
+// reasonSnippet is the start of a receiver's answer, as valid single-line
+// text.
+func reasonSnippet(b []byte) string {
+	if len(b) > maxReasonBody {
+		b = b[:maxReasonBody]
+	}
+	s := strings.ToValidUTF8(string(b), string(utf8.RuneError))
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// requestSpanContext is a remote parent whose trace id is the request id,
+// so that the delivery span joins the request's trace.
+func requestSpanContext(id requestid.ID) trace.SpanContext {
+	var sid trace.SpanID
+	for !sid.IsValid() {
+		_, _ = rand.Read(sid[:])
+	}
+	return trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID(id),
+		SpanID:     sid,
+		TraceFlags: trace.FlagsSampled,
+		Remote:     true,
+	})
+}
