@@ -1,0 +1,269 @@
+// Package status is the handler for everything in the public API but
+// submit: a request's status, cancel, its result and webhook redelivery,
+// and a deployment's queue depth. It also answers, in the API's JSON error
+// format, every request no route matches, since the API gateway sends those
+// to it.
+package status
+
+import (
+	"cmp"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/requestid"
+)
+
+// TimeFormat is how the API writes times: RFC 3339 in UTC with
+// microseconds.
+const TimeFormat = "2006-01-02T15:04:05.000000Z"
+
+// Options are New's dependencies.
+type Options struct {
+	DB *postgres.DB
+	// API holds the read rate limit; zero takes the configuration's
+	// default.
+	API    config.API
+	Logger *slog.Logger
+	// Now is the clock of the auth cache and the rate limiter; default
+	// time.Now.
+	Now func() time.Time
+}
+
+// New returns the status handler.
+func New(o Options) http.Handler {
+	s := &server{db: o.DB, log: cmp.Or(o.Logger, slog.Default())}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: now})
+	readRate := cmp.Or(o.API.ReadRate, httpapi.ReadRateDefault)
+	limit := httpapi.RateLimit(readRate, httpapi.ReadBurst(readRate), now)
+	handle := func(h http.HandlerFunc) http.Handler { return auth(limit(h)) }
+
+	var rt httpapi.Router
+	rt.Handle("GET /async_request/{request_id}", handle(s.get))
+	rt.Handle("DELETE /async_request/{request_id}", handle(s.cancel))
+	rt.Handle("GET /async_request/{request_id}/result", handle(s.result))
+	rt.Handle("POST /async_request/{request_id}/webhook", handle(s.redeliver))
+	for _, where := range httpapi.DeploymentPaths {
+		rt.Handle("GET "+where+"/async_queue_status", handle(s.queueStatus))
+		// Submit's routes, so that another method on them is a 405 here too
+		// (the gateway and Mux send their POSTs to submit, never here).
+		for action := range httpapi.SubmitActions {
+			rt.Handle("POST "+where+action, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				httpapi.WriteError(w, r, s.log, httpapi.ErrNotFound)
+			}))
+		}
+	}
+	return httpapi.WithTarget(&rt)
+}
+
+type server struct {
+	db  *postgres.DB
+	log *slog.Logger
+}
+
+// Answers for things that do not exist or belong to another organization.
+// Each is one constant message, so the two cannot be told apart.
+var (
+	errNoRequest    = httpapi.NotFound("no such request")
+	errNoDeployment = httpapi.NotFound("no such model, environment or deployment")
+	errNoTarget     = httpapi.NotFound("no model in the request: use the Host model-{model_id}.<domain> (chain-{chain_id}.<domain>) or the path prefix /models/{model_id}/ (/chains/{chain_id}/)")
+)
+
+// request loads the request the path names, scoped to the caller's
+// organization and, when the URL names a model or chain, to it. A
+// malformed id is errNoRequest: no such request can exist.
+func (s *server) request(r *http.Request) (postgres.Request, error) {
+	id, err := requestid.Parse(r.PathValue("request_id"))
+	if err != nil {
+		return postgres.Request{}, errNoRequest
+	}
+	req, err := s.db.RequestGetByID(r.Context(), httpapi.OrganizationID(r.Context()), id)
+	if err != nil {
+		if errors.Is(err, postgres.ErrNotFound) {
+			return postgres.Request{}, errNoRequest
+		}
+		return postgres.Request{}, err
+	}
+	if t, ok := httpapi.TargetFrom(r.Context()); ok && (t.ID != req.ModelID || t.IsChain() != req.IsChain) {
+		return postgres.Request{}, errNoRequest
+	}
+	return req, nil
+}
+
+// statusBody is the status object of SPEC §3.
+type statusBody struct {
+	RequestID     requestid.ID            `json:"request_id"`
+	ModelID       string                  `json:"model_id,omitempty"`
+	ChainID       string                  `json:"chain_id,omitempty"`
+	DeploymentID  string                  `json:"deployment_id"`
+	Status        postgres.RequestState   `json:"status"`
+	WebhookStatus postgres.WebhookState   `json:"webhook_status"`
+	CreatedAt     string                  `json:"created_at"`
+	StatusAt      string                  `json:"status_at"`
+	Errors        []postgres.AttemptError `json:"errors"`
+	Attempts      int                     `json:"attempts"`
+}
+
+func (s *server) get(w http.ResponseWriter, r *http.Request) {
+	req, err := s.request(r)
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	b := statusBody{
+		RequestID:     req.ID,
+		DeploymentID:  req.DeploymentID,
+		Status:        req.State,
+		WebhookStatus: req.WebhookState,
+		CreatedAt:     req.CreatedAt.UTC().Format(TimeFormat),
+		StatusAt:      req.StatusAt.UTC().Format(TimeFormat),
+		Errors:        req.Errors,
+		Attempts:      req.Attempts,
+	}
+	if b.Errors == nil {
+		b.Errors = []postgres.AttemptError{}
+	}
+	b.ModelID, b.ChainID = modelOrChain(req.ModelID, req.IsChain)
+	httpapi.Encode(w, http.StatusOK, b)
+}
+
+func modelOrChain(id string, isChain bool) (modelID, chainID string) {
+	if isChain {
+		return "", id
+	}
+	return id, ""
+}
+
+func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
+	req, err := s.request(r) // scopes to the URL's model before anything changes
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	req, canceled, err := s.db.RequestCancel(r.Context(), req.OrganizationID, req.ID)
+	if err != nil {
+		if errors.Is(err, postgres.ErrNotFound) { // purged between the two reads
+			err = errNoRequest
+		}
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	msg := "request canceled"
+	switch {
+	case canceled:
+	case req.State == postgres.StateCanceled:
+		msg = "request was already canceled"
+	default:
+		msg = fmt.Sprintf("request is %s and can no longer be canceled", req.State)
+	}
+	httpapi.Encode(w, http.StatusOK, struct {
+		RequestID requestid.ID `json:"request_id"`
+		Canceled  bool         `json:"canceled"`
+		Message   string       `json:"message"`
+	}{req.ID, canceled, msg})
+}
+
+// resultBody is the answer of GET /async_request/{id}/result.
+type resultBody struct {
+	RequestID    requestid.ID          `json:"request_id"`
+	ModelID      string                `json:"model_id,omitempty"`
+	ChainID      string                `json:"chain_id,omitempty"`
+	DeploymentID string                `json:"deployment_id"`
+	Status       postgres.RequestState `json:"status"`
+	Output       json.RawMessage       `json:"output"`
+}
+
+func (s *server) result(w http.ResponseWriter, r *http.Request) {
+	req, err := s.request(r)
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	switch {
+	case !req.State.Final():
+		httpapi.WriteError(w, r, s.log, &httpapi.Error{Status: http.StatusNotFound, Code: "RESULT_NOT_READY",
+			Message: fmt.Sprintf("request is %s; its result is not ready yet", req.State)})
+		return
+	case req.Output == nil && (req.State == postgres.StateSucceeded || req.State == postgres.StateWebhookFailed):
+		httpapi.WriteError(w, r, s.log, &httpapi.Error{Status: http.StatusNotFound, Code: "RESULT_EXPIRED",
+			Message: "the request's output is no longer retained"})
+		return
+	case req.Output == nil:
+		httpapi.WriteError(w, r, s.log, &httpapi.Error{Status: http.StatusNotFound, Code: "NO_RESULT",
+			Message: fmt.Sprintf("request is %s and has no output", req.State)})
+		return
+	}
+	out := json.RawMessage(req.Output)
+	if !json.Valid(out) { // stored outputs are JSON; anything else is sent as a string
+		b, _ := json.Marshal(string(req.Output))
+		out = b
+	}
+	b := resultBody{RequestID: req.ID, DeploymentID: req.DeploymentID, Status: req.State, Output: out}
+	b.ModelID, b.ChainID = modelOrChain(req.ModelID, req.IsChain)
+	httpapi.Encode(w, http.StatusOK, b)
+}
+
+func (s *server) redeliver(w http.ResponseWriter, r *http.Request) {
+	id, err := requestid.Parse(r.PathValue("request_id"))
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, errNoRequest)
+		return
+	}
+	p := postgres.RequestWebhookRedeliverParams{OrganizationID: httpapi.OrganizationID(r.Context()), ID: id}
+	if t, ok := httpapi.TargetFrom(r.Context()); ok {
+		p.ModelID, p.IsChain = t.ID, t.IsChain()
+	}
+	if err := s.db.RequestWebhookRedeliver(r.Context(), p); err != nil {
+		if errors.Is(err, postgres.ErrNotFound) {
+			err = errNoRequest
+		}
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	s.log.InfoContext(r.Context(), "webhook redelivery queued", "request_id", id.String())
+	httpapi.Encode(w, http.StatusAccepted, struct {
+		RequestID requestid.ID `json:"request_id"`
+		Message   string       `json:"message"`
+	}{id, "webhook redelivery queued"})
+}
+
+func (s *server) queueStatus(w http.ResponseWriter, r *http.Request) {
+	ctx := r.Context()
+	t, ok := httpapi.TargetFrom(ctx)
+	if !ok {
+		httpapi.WriteError(w, r, s.log, errNoTarget)
+		return
+	}
+	dep, err := s.db.DeploymentResolve(ctx, httpapi.DeploymentTarget(r, httpapi.OrganizationID(ctx), t))
+	if errors.Is(err, postgres.ErrNotFound) {
+		err = errNoDeployment
+	}
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	c, err := s.db.DeploymentQueueCounts(ctx, dep.ID)
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	b := struct {
+		ModelID    string `json:"model_id,omitempty"`
+		ChainID    string `json:"chain_id,omitempty"`
+		Deployment string `json:"deployment_id"`
+		Queued     int64  `json:"num_queued_requests"`
+		InProgress int64  `json:"num_in_progress_requests"`
+	}{Deployment: dep.ID, Queued: c.Queued, InProgress: c.InProgress}
+	b.ModelID, b.ChainID = modelOrChain(t.ID, t.IsChain())
+	httpapi.Encode(w, http.StatusOK, b)
+}

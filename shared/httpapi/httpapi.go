@@ -1,0 +1,194 @@
+// Package httpapi is what the public API's handlers (submit and status)
+// share: the JSON encode and decode helpers, the error format and the one
+// mapping from errors to statuses, the middleware that reads the model from
+// the Host header or the path, API-key authentication, per-organization
+// rate limits, a router that answers unknown paths and wrong methods in the
+// API's JSON error format, and Mux, which serves submit and status together
+// the way the API gateway does.
+package httpapi
+
+import (
+	"bytes"
+	"cmp"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"reflect"
+	"strings"
+)
+
+// MaxBodyBytesDefault is the largest request body the API reads: 256 KiB,
+// counting the whole body, not only model_input.
+const MaxBodyBytesDefault = 256 << 10
+
+// Encode writes v as a JSON response with status.
+func Encode(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only a bug gets here (every response type marshals); answer in
+		// the API's format without echoing the error.
+		slog.Error("encode response", "error", err)
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"INTERNAL_ERROR","message":"internal error"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// Decode reads r's body, at most limit bytes (MaxBodyBytesDefault when
+// zero), into v, a pointer to a struct, and returns the raw body. It
+// answers with errors that WriteError maps:
+//
+//   - ErrBodyTooLarge past the limit;
+//   - ErrMalformedJSON for an empty body, invalid JSON, trailing data, or a
+//     body that is not a JSON object;
+//   - ErrUnknownField for a field v has no place for, with Field its dotted
+//     path (such as "inference_retry_config.max_attemps");
+//   - a 422 (ErrInvalid) naming the field whose value has the wrong type.
+//
+// JSON null leaves a field as it was, so pointer fields read null as
+// absent.
+func Decode(w http.ResponseWriter, r *http.Request, limit int64, v any) ([]byte, error) {
+	if limit <= 0 {
+		limit = MaxBodyBytesDefault
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, ErrBodyTooLarge
+		}
+		return nil, &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body could not be read"}
+	}
+	return body, DecodeBytes(body, v)
+}
+
+// DecodeBytes is Decode for a body already read.
+func DecodeBytes(body []byte, v any) error {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body is empty; send a JSON object"}
+	}
+	if trimmed[0] != '{' {
+		if json.Valid(trimmed) {
+			return &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body must be a JSON object"}
+		}
+		return ErrMalformedJSON
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if _, extra := dec.Token(); extra != io.EOF {
+			return &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body has data after the JSON object"}
+		}
+		return nil
+	}
+	if typeErr, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		if !json.Valid(body) { // a type error reported before a syntax error further on
+			return ErrMalformedJSON
+		}
+		field := typeErr.Field
+		return Invalid(field, field+" must be "+jsonKind(typeErr.Type)+", not "+typeErr.Value)
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+		if !json.Valid(body) {
+			return ErrMalformedJSON
+		}
+		path := unknownFieldPath(reflect.TypeOf(v), body)
+		if path == "" {
+			path = strings.Trim(name, `"`)
+		}
+		return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
+			Message: "unknown field " + path}
+	}
+	return ErrMalformedJSON
+}
+
+// jsonKind names the JSON type that a Go type decodes from.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "a boolean"
+	case reflect.Struct, reflect.Map:
+		return "an object"
+	case reflect.Slice, reflect.Array:
+		return "an array"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "another type"
+}
+
+// unknownFieldPath finds, in document order, the first key of body that the
+// struct type t has no field for, and returns its dotted path; "" if none.
+// encoding/json names only the key, which is ambiguous for nested objects.
+func unknownFieldPath(t reflect.Type, body []byte) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return ""
+	}
+	fields := map[string]reflect.Type{}
+	for f := range t.Fields() {
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if name == "-" || !f.IsExported() {
+			continue
+		}
+		// encoding/json matches keys to fields case-insensitively.
+		fields[strings.ToLower(cmp.Or(name, f.Name))] = f.Type
+	}
+	for _, key := range objectKeys(body) {
+		ft, known := fields[strings.ToLower(key)]
+		if !known {
+			return key
+		}
+		if path := unknownFieldPath(ft, rawValue(body, key)); path != "" {
+			return key + "." + path
+		}
+	}
+	return ""
+}
+
+// objectKeys returns the keys of the JSON object raw in document order.
+func objectKeys(raw []byte) []string {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	var keys []string
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return keys
+		}
+		key, _ := tok.(string)
+		keys = append(keys, key)
+		var skip json.RawMessage
+		if err := dec.Decode(&skip); err != nil {
+			return keys
+		}
+	}
+	return keys
+}
+
+// rawValue returns the raw JSON of key in the object raw (the last one, as
+// encoding/json keeps).
+func rawValue(raw []byte, key string) []byte {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil {
+		return nil
+	}
+	return obj[key]
+}
