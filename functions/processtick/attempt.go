@@ -1,0 +1,296 @@
+package processtick
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/openasync/asyncrequest/shared/postgres"
+)
+
+// Causes of an attempt's context ending.
+var (
+	// errAttemptTimeout: the per-attempt timeout (Config.ModelTimeout).
+	errAttemptTimeout = errors.New("model did not answer within the attempt timeout")
+	// errStopped: the processor stopped and its grace period ran out.
+	errStopped = errors.New("processor stopped")
+	// errLeaseLost: another processor reclaimed the request.
+	errLeaseLost = errors.New("lease lost")
+)
+
+// resultKind is how an attempt ended, in the terms of SPEC §4's table.
+type resultKind int
+
+const (
+	// resultSuccess: a 2xx answer.
+	resultSuccess resultKind = iota
+	// resultNotReady: back-pressure (429, connection refused, DNS failure);
+	// not an attempt.
+	resultNotReady
+	// resultRetryable: a failed attempt that is retried while attempts last.
+	resultRetryable
+	// resultFailed: a failure that ends the request at once.
+	resultFailed
+	// resultStopped: the attempt was cut off (stop or lost lease); it is
+	// handed back uncounted.
+	resultStopped
+)
+
+// result is what one model call came to.
+type result struct {
+	kind   resultKind
+	output []byte // JSON, for resultSuccess
+	err    postgres.AttemptError
+	// retryAfter is the model's Retry-After for back-pressure; negative when
+	// it sent none.
+	retryAfter time.Duration
+}
+
+// label is the outcome label of the attempts metric.
+func (r result) label() string {
+	switch r.kind {
+	case resultSuccess:
+		return "success"
+	case resultNotReady:
+		return "not_ready"
+	}
+	return r.err.Code
+}
+
+// decide turns a call's result into the outcome to record.
+func (p *Processor) decide(c postgres.ClaimedRequest, r result) postgres.AttemptOutcome {
+	o := postgres.AttemptOutcome{ID: c.ID}
+	switch r.kind {
+	case resultSuccess:
+		o.State, o.Output = postgres.StateSucceeded, r.output
+	case resultNotReady:
+		o.State, o.Uncount, o.Error = postgres.StateQueued, true, &r.err
+		o.Delay = p.cfg.BackpressureDelay
+		if r.retryAfter >= 0 {
+			o.Delay = r.retryAfter
+		}
+	case resultRetryable:
+		o.State, o.Error = postgres.StateFailed, &r.err
+		if c.Attempt < c.MaxAttempts {
+			o.State, o.Delay = postgres.StateQueued, postgres.RetryDelay(c.Attempt, c.InitialDelay, c.MaxDelay)
+		}
+	case resultFailed:
+		o.State, o.Error = postgres.StateFailed, &r.err
+	case resultStopped:
+		o.State, o.Uncount = postgres.StateQueued, true
+	}
+	return o
+}
+
+// call makes one attempt: it POSTs the input to the deployment and maps the
+// answer per SPEC §4. The model sees a traceparent whose trace id is the
+// request id. When the deployment has an upstream credential, it is sent as
+// "Authorization: Api-Key <credential>", the scheme of the hosted platform;
+// a credential that already contains a space (such as "Bearer xyz") is sent
+// as the whole header value.
+func (p *Processor) call(ctx context.Context, c postgres.ClaimedRequest) result {
+	ctx, cancel := context.WithTimeoutCause(ctx, p.cfg.ModelTimeout, errAttemptTimeout)
+	defer cancel()
+	ctx, span := p.startSpan(ctx, c)
+	defer span.End()
+
+	r := p.post(ctx, c)
+	switch r.kind {
+	case resultSuccess:
+		span.SetStatus(codes.Ok, "")
+	case resultStopped:
+		span.SetStatus(codes.Error, "attempt cut off")
+	default:
+		span.SetAttributes(attribute.String("error.code", r.err.Code))
+		span.SetStatus(codes.Error, r.err.Message)
+	}
+	return r
+}
+
+func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result {
+	endpoint := "/predict"
+	if c.IsChain {
+		endpoint = "/run_remote"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(c.URL, "/")+endpoint, bytes.NewReader(c.Input))
+	if err != nil {
+		return failed(postgres.CodeModelPredictError, "the deployment's URL is not valid")
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if cred := c.UpstreamCredential; cred != "" {
+		if !strings.Contains(cred, " ") {
+			cred = "Api-Key " + cred
+		}
+		req.Header.Set("Authorization", cred)
+	}
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
+
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return callError(ctx, err)
+	}
+	defer resp.Body.Close()
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, MaxOutputBytes+1))
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
+
+	status := resp.StatusCode
+	if status >= 200 && status < 300 {
+		switch {
+		case readErr != nil:
+			return callError(ctx, readErr)
+		case len(body) > MaxOutputBytes:
+			return failed(postgres.CodeModelPredictError, fmt.Sprintf("model answered %d with more than %d bytes", status, MaxOutputBytes))
+		case json.Valid(body):
+			return result{kind: resultSuccess, output: body}
+		}
+		out, _ := json.Marshal(string(body))
+		return result{kind: resultSuccess, output: out}
+	}
+	message := answerMessage(status, body)
+	switch status {
+	case http.StatusTooManyRequests:
+		r := notReady(message)
+		r.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return r
+	case http.StatusInternalServerError:
+		return retryable(postgres.CodeModelPredictError, message)
+	case http.StatusBadGateway, http.StatusServiceUnavailable:
+		return retryable(postgres.CodeModelUnavailable, message)
+	case http.StatusGatewayTimeout:
+		return retryable(postgres.CodeModelPredictTimeout, message)
+	case http.StatusBadRequest, http.StatusUnprocessableEntity:
+		return failed(postgres.CodeModelInvalidInput, message)
+	case http.StatusNotFound:
+		return failed(postgres.CodeModelDoesNotExist, message)
+	}
+	return failed(postgres.CodeModelPredictError, message)
+}
+
+// callError maps a call that got no (complete) answer. Connection refused
+// and DNS failures mean the model is not up yet: back-pressure. Other
+// network errors (a reset connection, a TLS failure) are treated like a 502.
+func callError(ctx context.Context, err error) result {
+	if ctx.Err() != nil {
+		if context.Cause(ctx) == errAttemptTimeout {
+			return retryable(postgres.CodeModelPredictTimeout, errAttemptTimeout.Error())
+		}
+		return result{kind: resultStopped, retryAfter: -1}
+	}
+	var dnsErr *net.DNSError
+	switch {
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return notReady("model refused the connection")
+	case errors.As(err, &dnsErr):
+		return notReady("model host not found: " + dnsErr.Name)
+	}
+	return retryable(postgres.CodeModelUnavailable, "model call failed: "+truncate(rootCause(err), 200))
+}
+
+// rootCause drops the "Post <url>:" prefix of client errors; the URL is the
+// deployment's and adds nothing to the request's errors.
+func rootCause(err error) string {
+	var uerr interface{ Unwrap() error }
+	if errors.As(err, &uerr) && uerr.Unwrap() != nil {
+		return uerr.Unwrap().Error()
+	}
+	return err.Error()
+}
+
+func failed(code, message string) result {
+	return result{kind: resultFailed, err: postgres.AttemptError{Code: code, Message: message}, retryAfter: -1}
+}
+
+func retryable(code, message string) result {
+	return result{kind: resultRetryable, err: postgres.AttemptError{Code: code, Message: message}, retryAfter: -1}
+}
+
+func notReady(message string) result {
+	return result{kind: resultNotReady, err: postgres.AttemptError{Code: postgres.CodeModelNotReady, Message: message}, retryAfter: -1}
+}
+
+// answerMessage is "model answered 503", with the start of the body when
+// there is one.
+func answerMessage(status int, body []byte) string {
+	msg := fmt.Sprintf("model answered %d", status)
+	if snippet := strings.TrimSpace(truncate(string(body), 200)); snippet != "" {
+		msg += ": " + snippet
+	}
+	return msg
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, replacing invalid
+// UTF-8, and marks the cut with an ellipsis.
+func truncate(s string, n int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP date,
+// relative to now. It returns a negative duration when the header is absent
+// or unreadable, and zero for a date in the past.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return -1
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs < 0 {
+			return -1
+		}
+		return time.Duration(min(secs, int64(365*24*time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0)
+	}
+	return -1
+}
+
+// startSpan starts the attempt's client span under the request's trace: the
+// trace id is the request id, from a remote parent standing for the
+// request's life before this attempt. Without a recording tracer provider
+// the span is that parent, whose random span id still makes the
+// traceparent header valid.
+func (p *Processor) startSpan(ctx context.Context, c postgres.ClaimedRequest) (context.Context, trace.Span) {
+	var spanID trace.SpanID
+	for !spanID.IsValid() {
+		_, _ = rand.Read(spanID[:])
+	}
+	parent := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID(c.ID),
+		SpanID:     spanID,
+		TraceFlags: trace.FlagsSampled,
+		Remote:     true,
+	})
+	ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
+	return p.tracer.Start(ctx, "attempt",
+		trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(
+			attribute.String("async_request.id", c.ID.String()),
+			attribute.String("async_request.model_id", c.ModelID),
+			attribute.String("async_request.deployment_id", c.DeploymentID),
+			attribute.Int("async_request.attempt", c.Attempt),
+		))
+}

@@ -1,0 +1,491 @@
+package processtick
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/requestid"
+)
+
+const (
+	// claimBatchMax caps one claim statement.
+	claimBatchMax = 1000
+	// completeBatchMax caps one completion statement.
+	completeBatchMax = 1000
+	// claimTimeout bounds a claim. A claim is not canceled by a stop: one
+	// that committed must hand its rows to attempts, not to the reclaim
+	// sweep.
+	claimTimeout = 30 * time.Second
+)
+
+// session is the state of one Run or Tick.
+type session struct {
+	p *Processor
+
+	mu       sync.Mutex
+	inflight map[requestid.ID]*flight // claimed, outcome not yet written
+	pending  []finished               // outcomes waiting for the completer
+	closed   bool                     // outcomes are no longer accepted
+
+	outcomeReady chan struct{} // 1-buffered: pending has outcomes
+	closing      chan struct{} // closed when the completer should flush and stop
+	freed        chan struct{} // 1-buffered: outcomes were written, slots are free
+	wake         chan struct{} // 1-buffered: work may be due
+	attempts     sync.WaitGroup
+
+	claimed, recorded, handedBack, reclaimed, expired atomic.Int64
+	claimErr                                          atomic.Pointer[error]
+}
+
+// flight is a claimed request whose outcome is not written yet.
+type flight struct {
+	req    postgres.ClaimedRequest
+	cancel context.CancelCauseFunc
+}
+
+// finished is an attempt's outcome on its way to the database.
+type finished struct {
+	req     postgres.ClaimedRequest
+	result  result
+	outcome postgres.AttemptOutcome
+}
+
+func nudge(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// run claims and processes requests until claimCtx is done, then waits for
+// the attempts in flight until abortAt() fires, cuts off the rest and hands
+// them back.
+func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}, long bool) (TickResult, error) {
+	s := &session{
+		p:            p,
+		inflight:     map[requestid.ID]*flight{},
+		outcomeReady: make(chan struct{}, 1),
+		closing:      make(chan struct{}),
+		freed:        make(chan struct{}, 1),
+		wake:         make(chan struct{}, 1),
+	}
+
+	// Writing outcomes and renewing leases go on through the drain; attempts
+	// run until they finish or are cut off, not until the claiming stops.
+	bg, stopBg := context.WithCancel(context.WithoutCancel(claimCtx))
+	defer stopBg()
+	attemptBase, abort := context.WithCancelCause(context.WithoutCancel(claimCtx))
+	defer abort(nil)
+
+	completerDone := make(chan struct{})
+	go func() {
+		defer close(completerDone)
+		s.completeLoop(bg)
+	}()
+	var helpers sync.WaitGroup
+	helpers.Go(func() { s.renewLoop(bg) })
+	helpers.Go(func() {
+		p.db.WakeListen(claimCtx, postgres.WakeChannel, func() { nudge(s.wake) }, func(err error) {
+			p.log.Warn("wake-up listener disconnected; polling meanwhile", "error", err)
+		})
+	})
+	helpers.Go(func() { s.sweepLoop(claimCtx) })
+	if long && p.metrics != nil {
+		helpers.Go(func() { s.queueDepthLoop(claimCtx) })
+	}
+
+	s.claimLoop(claimCtx, attemptBase)
+
+	attemptsDone := make(chan struct{})
+	go func() {
+		s.attempts.Wait()
+		close(attemptsDone)
+	}()
+	select {
+	case <-attemptsDone:
+	case <-abortAt():
+		abort(errStopped)
+		select {
+		case <-attemptsDone:
+		case <-time.After(finalWriteTimeout):
+			p.log.Warn("attempts did not stop in time; handing their requests back")
+		}
+	}
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	close(s.closing)
+	select {
+	case <-completerDone:
+	case <-time.After(finalWriteTimeout):
+		p.log.Warn("could not write the last outcomes in time")
+	}
+	stopBg()
+	<-completerDone
+	s.handBackRest()
+	helpers.Wait()
+
+	res := TickResult{
+		Claimed:    int(s.claimed.Load()),
+		Recorded:   int(s.recorded.Load()),
+		HandedBack: int(s.handedBack.Load()),
+		Reclaimed:  int(s.reclaimed.Load()),
+		Expired:    int(s.expired.Load()),
+	}
+	if errp := s.claimErr.Load(); errp != nil && res.Claimed == 0 {
+		return res, *errp
+	}
+	return res, nil
+}
+
+// claimLoop claims while there is room, right away after a full batch or a
+// write that freed slots, and otherwise on a wake-up or the poll.
+func (s *session) claimLoop(ctx context.Context, attemptBase context.Context) {
+	poll := time.NewTicker(s.p.cfg.PollInterval)
+	defer poll.Stop()
+	for ctx.Err() == nil {
+		s.mu.Lock()
+		free := s.p.cfg.Concurrency - len(s.inflight)
+		s.mu.Unlock()
+		if free > 0 {
+			limit := min(free, claimBatchMax)
+			claimed, err := s.claim(ctx, limit)
+			if err != nil {
+				s.claimErr.Store(&err)
+				s.p.log.Error("claim failed", "error", err)
+			}
+			s.start(attemptBase, claimed)
+			if len(claimed) == limit {
+				continue // more may be due
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-s.wake:
+		case <-s.freed:
+		case <-poll.C:
+		}
+	}
+}
+
+func (s *session) claim(ctx context.Context, limit int) ([]postgres.ClaimedRequest, error) {
+	if ctx.Err() != nil {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
+	defer cancel()
+	return s.p.db.RequestClaimBatch(ctx, postgres.RequestClaimParams{
+		Owner: s.p.id, Limit: limit, LeaseDuration: s.p.cfg.LeaseDuration,
+	})
+}
+
+// start runs an attempt for each claimed request.
+func (s *session) start(base context.Context, claimed []postgres.ClaimedRequest) {
+	s.claimed.Add(int64(len(claimed)))
+	for _, c := range claimed {
+		if m := s.p.metrics; m != nil {
+			m.QueueWait.Observe(max(c.ClaimedAt.Sub(c.DueAt), 0).Seconds())
+		}
+		ctx, cancel := context.WithCancelCause(base)
+		s.mu.Lock()
+		s.inflight[c.ID] = &flight{req: c, cancel: cancel}
+		s.mu.Unlock()
+		s.attempts.Go(func() {
+			defer cancel(nil)
+			began := time.Now()
+			r := s.p.call(ctx, c)
+			if m := s.p.metrics; m != nil && r.kind != resultStopped {
+				m.Attempts.WithLabelValues(r.label()).Inc()
+				m.InferenceDuration.Observe(time.Since(began).Seconds())
+			}
+			s.finish(finished{req: c, result: r, outcome: s.p.decide(c, r)})
+		})
+	}
+}
+
+// finish queues an outcome for the completer. After the session closed, the
+// request is handed back instead (handBackRest).
+func (s *session) finish(f finished) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	s.pending = append(s.pending, f)
+	nudge(s.outcomeReady)
+}
+
+// completeLoop writes outcomes in batches: whatever accumulated while the
+// previous batch was being written goes in the next statement.
+func (s *session) completeLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.outcomeReady:
+		case <-s.closing:
+		}
+		for {
+			s.mu.Lock()
+			n := min(len(s.pending), completeBatchMax)
+			batch := s.pending[:n:n]
+			s.pending = s.pending[n:]
+			closed := s.closed
+			s.mu.Unlock()
+			if n == 0 {
+				if closed {
+					return
+				}
+				break
+			}
+			if !s.write(ctx, batch) {
+				return
+			}
+		}
+	}
+}
+
+// write records a batch, retrying while the database is away. It reports
+// false when ctx ended first; the batch's requests stay in flight and are
+// handed back, or reclaimed once their leases run out.
+func (s *session) write(ctx context.Context, batch []finished) bool {
+	outcomes := make([]postgres.AttemptOutcome, len(batch))
+	for i, f := range batch {
+		outcomes[i] = f.outcome
+	}
+	backoff := 50 * time.Millisecond
+	var recorded []postgres.RecordedOutcome
+	for {
+		var err error
+		recorded, err = s.p.db.RequestCompleteBatch(ctx, s.p.id, outcomes)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			s.p.log.Error("outcomes not written", "error", err, "count", len(batch))
+			return false
+		}
+		s.p.log.Warn("writing outcomes failed; retrying", "error", err, "count", len(batch))
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	written := make(map[requestid.ID]postgres.RecordedOutcome, len(recorded))
+	for _, r := range recorded {
+		written[r.ID] = r
+	}
+	s.mu.Lock()
+	for _, f := range batch {
+		delete(s.inflight, f.req.ID)
+	}
+	s.mu.Unlock()
+	nudge(s.freed)
+	s.recorded.Add(int64(len(recorded)))
+	for _, f := range batch {
+		r, ok := written[f.req.ID]
+		if ok && f.result.kind == resultStopped {
+			s.handedBack.Add(1)
+		}
+		if ok && r.State.Final() && s.p.metrics != nil {
+			s.p.metrics.Completed.WithLabelValues(string(r.State)).Inc()
+		}
+		s.logOutcome(f, ok)
+	}
+	return true
+}
+
+func (s *session) logOutcome(f finished, recorded bool) {
+	c, o := f.req, f.outcome
+	level, msg := slog.LevelInfo, "attempt finished"
+	switch {
+	case !recorded:
+		level, msg = slog.LevelWarn, "outcome not recorded: the lease was lost to another processor"
+	case f.result.kind == resultStopped:
+		msg = "request handed back"
+	case f.result.kind == resultNotReady:
+		msg = "model not ready; request waits"
+	case f.result.kind == resultSuccess:
+		level = slog.LevelDebug
+	case o.State == postgres.StateFailed:
+		level = slog.LevelWarn
+	}
+	ctx := context.Background()
+	if !s.p.log.Enabled(ctx, level) {
+		return
+	}
+	attrs := []any{"request_id", c.ID.String(), "model_id", c.ModelID, "deployment_id", c.DeploymentID,
+		"attempt", c.Attempt, "state", string(o.State)}
+	if o.Error != nil {
+		attrs = append(attrs, "code", o.Error.Code, "message", o.Error.Message)
+	}
+	if o.State == postgres.StateQueued && o.Delay > 0 {
+		attrs = append(attrs, "delay", o.Delay)
+	}
+	s.p.log.Log(ctx, level, msg, attrs...)
+}
+
+// handBackRest returns the requests still in flight (cut off, or whose
+// outcome could not be written) to QUEUED, the attempt not counted.
+func (s *session) handBackRest() {
+	s.mu.Lock()
+	var outcomes []postgres.AttemptOutcome
+	for id := range s.inflight {
+		outcomes = append(outcomes, postgres.AttemptOutcome{ID: id, State: postgres.StateQueued, Uncount: true})
+	}
+	s.mu.Unlock()
+	if len(outcomes) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), finalWriteTimeout)
+	defer cancel()
+	recorded, err := s.p.db.RequestCompleteBatch(ctx, s.p.id, outcomes)
+	if err != nil {
+		s.p.log.Error("hand-back failed; the requests return when their leases run out", "error", err, "count", len(outcomes))
+		return
+	}
+	s.recorded.Add(int64(len(recorded)))
+	s.handedBack.Add(int64(len(recorded)))
+	for _, r := range recorded {
+		s.p.log.Info("request handed back", "request_id", r.ID.String())
+	}
+}
+
+// renewLoop extends the leases of the requests in flight every third of the
+// lease duration, and cuts off the attempts whose lease was lost.
+func (s *session) renewLoop(ctx context.Context) {
+	t := time.NewTicker(s.p.cfg.LeaseDuration / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		ids := make([]requestid.ID, 0, len(s.inflight))
+		for id := range s.inflight {
+			ids = append(ids, id)
+		}
+		s.mu.Unlock()
+		held, err := s.p.db.RequestLeaseRenew(ctx, s.p.id, ids, s.p.cfg.LeaseDuration)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.p.log.Warn("lease renewal failed", "error", err, "count", len(ids))
+			}
+			continue
+		}
+		still := make(map[requestid.ID]bool, len(held))
+		for _, id := range held {
+			still[id] = true
+		}
+		s.mu.Lock()
+		for _, id := range ids {
+			if f, ok := s.inflight[id]; ok && !still[id] {
+				f.cancel(errLeaseLost)
+				s.p.log.Warn("lease lost; attempt cut off", "request_id", id.String(),
+					"model_id", f.req.ModelID, "deployment_id", f.req.DeploymentID, "attempt", f.req.Attempt)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// sweepLoop runs the sweeps at once and then every sweep interval.
+func (s *session) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(s.p.sweepInterval)
+	defer t.Stop()
+	for {
+		s.sweep(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// sweep reclaims lost leases, expires requests past their queue deadline
+// and purges data past its retention, in bounded batches.
+func (s *session) sweep(ctx context.Context) {
+	p := s.p
+	for range sweepRounds {
+		lost, err := p.db.RequestReclaimLost(ctx, sweepBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("reclaim sweep failed", "error", err)
+			}
+			break
+		}
+		s.reclaimed.Add(int64(len(lost)))
+		for _, l := range lost {
+			p.log.Warn("processor lost; attempt counted as failed", "request_id", l.ID.String(),
+				"model_id", l.ModelID, "deployment_id", l.DeploymentID, "attempt", l.Attempt, "state", string(l.State))
+			if p.metrics != nil {
+				p.metrics.Attempts.WithLabelValues(postgres.CodeInternalServerError).Inc()
+				if l.State.Final() {
+					p.metrics.Completed.WithLabelValues(string(l.State)).Inc()
+				}
+			}
+		}
+		if len(lost) > 0 {
+			nudge(s.wake)
+		}
+		if len(lost) < sweepBatch {
+			break
+		}
+	}
+	for range sweepRounds {
+		expired, err := p.db.RequestExpireBatch(ctx, sweepBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("expiry sweep failed", "error", err)
+			}
+			break
+		}
+		s.expired.Add(int64(len(expired)))
+		for _, e := range expired {
+			p.log.Info("request expired in the queue", "request_id", e.ID.String())
+			if p.metrics != nil {
+				p.metrics.Completed.WithLabelValues(string(e.State)).Inc()
+			}
+		}
+		if len(expired) < sweepBatch {
+			break
+		}
+	}
+	for range sweepRounds {
+		c, err := p.db.RetentionPurge(ctx, sweepBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("retention sweep failed", "error", err)
+			}
+			break
+		}
+		if c.Requests < sweepBatch && c.Outputs < sweepBatch && c.IdempotencyKeys < sweepBatch {
+			break
+		}
+	}
+}
+
+// queueDepthLoop refreshes the queue-depth gauge.
+func (s *session) queueDepthLoop(ctx context.Context) {
+	t := time.NewTicker(QueueDepthIntervalDefault)
+	defer t.Stop()
+	for {
+		if err := s.p.RefreshQueueDepth(ctx); err != nil && ctx.Err() == nil {
+			s.p.log.Warn("queue depth refresh failed", "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

@@ -1,0 +1,580 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/openasync/asyncrequest/shared/requestid"
+)
+
+// This file holds the processor's queries: claiming due requests, renewing
+// leases, recording attempt outcomes, and the sweeps (lost leases, queue
+// deadlines, retention) that keep the table moving when nobody claims.
+
+// claimLockKey is the advisory lock that serializes claims across all
+// processors, so that per-deployment max_concurrency holds: a claim counts a
+// deployment's IN_PROGRESS rows and takes at most the free slots, and no
+// other claim can add rows between the count and the commit.
+const claimLockKey int64 = 0x61737963_6c61696d // "asycliam"
+
+// RetryDelay is how long a request waits after its failed attempt number
+// attempt (1-based): initial * 2^(attempt-1), capped at max. With the API's
+// defaults (1 s, 5 s) the schedule is 1 s, 2 s, 4 s, 5 s, 5 s, ...; an
+// initial delay of 0 retries at once. Attempts below 1 count as 1.
+func RetryDelay(attempt int, initial, max time.Duration) time.Duration {
+	if initial <= 0 || max <= 0 {
+		return 0
+	}
+	d := initial
+	for i := 1; i < attempt; i++ {
+		if d >= max || d > math.MaxInt64/2 {
+			return max
+		}
+		d *= 2
+	}
+	return min(d, max)
+}
+
+// ClaimedRequest is a request a processor holds the lease on, with what it
+// needs to call the model.
+type ClaimedRequest struct {
+	ID           requestid.ID
+	ModelID      string
+	DeploymentID string
+	IsChain      bool
+	Priority     int
+	// URL is the deployment's base URL; UpstreamCredential is empty when the
+	// deployment has none.
+	URL                string
+	UpstreamCredential string
+	Input              []byte
+	// Attempt is this attempt's number, 1-based: the claim counted it.
+	Attempt        int
+	MaxAttempts    int
+	InitialDelay   time.Duration
+	MaxDelay       time.Duration
+	DueAt          time.Time
+	DeadlineAt     time.Time
+	ClaimedAt      time.Time
+	LeaseExpiresAt time.Time
+}
+
+// RequestClaimParams says who claims and how much.
+type RequestClaimParams struct {
+	// Owner names the processor; only it may record the outcome.
+	Owner string
+	// Limit caps the batch.
+	Limit int
+	// LeaseDuration is how long the claim is valid without renewal.
+	LeaseDuration time.Duration
+}
+
+// RequestClaimBatch moves up to Limit due requests to IN_PROGRESS for Owner
+// in one statement, counting the attempt, and returns them in claim order:
+// priority, due time, id. A request is due when it is QUEUED, its due time
+// has come and its queue deadline has not. No deployment gets more
+// IN_PROGRESS requests than its max_concurrency, whatever the number of
+// processors: claims are serialized by an advisory lock held for the claim's
+// short transaction. Rows locked by a concurrent cancel are skipped, and the
+// state is checked again under the row lock, so a cancel and a claim of the
+// same request never both win.
+func (db *DB) RequestClaimBatch(ctx context.Context, p RequestClaimParams) ([]ClaimedRequest, error) {
+	if p.Limit < 1 {
+		return nil, nil
+	}
+	// The lock and the claim go in one batch, which runs as one implicit
+	// transaction: the lock is held until the claim commits, and the
+	// claim's snapshot, taken after the lock, sees every earlier claim.
+	// A claim lost in a database crash leaves its rows QUEUED, to be claimed
+	// again, so it need not wait for its commit to be flushed.
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)`, claimLockKey)
+	// picked: per deployment, its first free-slot-many due requests
+	// from async_requests_queued_idx (free slots counted through
+	// async_requests_in_progress_idx), then the best Limit of all. Every
+	// deployment is probed by index, so the cost follows the number of
+	// deployments and the batch, never the length of the queue.
+	// locked: the picked rows by primary key, skipping those a cancel
+	// holds. The state is checked on the row as locked (its newest
+	// version), and outside the lookup's WHERE, so that the planner
+	// can't trade the primary key for a scan of the queued index when
+	// its statistics are stale, as they are after a burst of submits.
+	batch.Queue(`
+		WITH picked AS (
+			SELECT q.id FROM deployments d
+			CROSS JOIN LATERAL (
+				SELECT q.id, q.priority, q.due_at FROM async_requests q
+				WHERE q.deployment_id = d.id AND q.state = 'QUEUED'
+					AND q.due_at <= now() AND q.deadline_at > now()
+				ORDER BY q.priority, q.due_at, q.id
+				LIMIT least($2, greatest(0, d.max_concurrency - (
+					SELECT count(*) FROM async_requests ip
+					WHERE ip.deployment_id = d.id AND ip.state = 'IN_PROGRESS')))
+			) q
+			ORDER BY q.priority, q.due_at, q.id
+			LIMIT $2
+		), locked AS (
+			SELECT r.id, r.state FROM async_requests r
+			WHERE r.id = ANY (ARRAY(SELECT id FROM picked))
+			FOR UPDATE SKIP LOCKED
+		)
+		UPDATE async_requests r
+		SET state = 'IN_PROGRESS', attempts = r.attempts + 1, lease_owner = $1,
+			lease_expires_at = now() + make_interval(secs => $3), started_at = now(), status_at = now()
+		FROM deployments d
+		WHERE r.id = ANY (ARRAY(SELECT id FROM locked WHERE state = 'QUEUED')) AND d.id = r.deployment_id
+		RETURNING r.id, r.model_id, r.deployment_id, r.is_chain, r.priority, d.url,
+			coalesce(d.upstream_credential, ''), r.input, r.attempts, r.max_attempts,
+			r.initial_delay_ms, r.max_delay_ms, r.due_at, r.deadline_at, now(), r.lease_expires_at`,
+		p.Owner, p.Limit, p.LeaseDuration.Seconds())
+	br := db.Pool.SendBatch(ctx, batch)
+	claimed, err := collectClaimed(br)
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("claim requests: %w", err)
+	}
+	slices.SortFunc(claimed, func(a, b ClaimedRequest) int {
+		switch {
+		case a.Priority != b.Priority:
+			return a.Priority - b.Priority
+		case !a.DueAt.Equal(b.DueAt):
+			return a.DueAt.Compare(b.DueAt)
+		}
+		return slices.Compare(a.ID[:], b.ID[:])
+	})
+	return claimed, nil
+}
+
+func collectClaimed(br pgx.BatchResults) ([]ClaimedRequest, error) {
+	if _, err := br.Exec(); err != nil {
+		return nil, err
+	}
+	rows, err := br.Query()
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (ClaimedRequest, error) {
+		var c ClaimedRequest
+		var initialMS, maxMS int
+		err := row.Scan(&c.ID, &c.ModelID, &c.DeploymentID, &c.IsChain, &c.Priority, &c.URL,
+			&c.UpstreamCredential, &c.Input, &c.Attempt, &c.MaxAttempts, &initialMS, &maxMS,
+			&c.DueAt, &c.DeadlineAt, &c.ClaimedAt, &c.LeaseExpiresAt)
+		c.InitialDelay = time.Duration(initialMS) * time.Millisecond
+		c.MaxDelay = time.Duration(maxMS) * time.Millisecond
+		return c, err
+	})
+}
+
+// RequestLeaseRenew extends the leases Owner holds on ids by duration and
+// returns the ids it still holds; the others were reclaimed or finished, and
+// their outcomes will not be recorded.
+func (db *DB) RequestLeaseRenew(ctx context.Context, owner string, ids []requestid.ID, duration time.Duration) ([]requestid.ID, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	rows, err := db.Pool.Query(ctx, `
+		UPDATE async_requests SET lease_expires_at = now() + make_interval(secs => $3)
+		WHERE id = ANY($1) AND state = 'IN_PROGRESS' AND lease_owner = $2
+		RETURNING id`, ids, owner, duration.Seconds())
+	if err != nil {
+		return nil, fmt.Errorf("renew leases: %w", err)
+	}
+	held, err := pgx.CollectRows(rows, pgx.RowTo[requestid.ID])
+	if err != nil {
+		return nil, fmt.Errorf("renew leases: %w", err)
+	}
+	return held, nil
+}
+
+// AttemptOutcome is what became of one claimed request.
+type AttemptOutcome struct {
+	ID requestid.ID
+	// State is QUEUED (a retry, a back-pressure wait or a hand-back),
+	// SUCCEEDED or FAILED.
+	State RequestState
+	// Output is the model's answer, as JSON; only for SUCCEEDED.
+	Output []byte
+	// Error, when set, is appended to the request's errors.
+	Error *AttemptError
+	// Delay is how long a QUEUED request waits before it is due again.
+	Delay time.Duration
+	// Uncount takes the attempt back: the model was not ready
+	// (back-pressure) or the processor stopped before it finished
+	// (hand-back). An uncounted outcome whose error has the same code as the
+	// last recorded error is not appended again, so a long back-pressure wait
+	// leaves one entry, not one per poll.
+	Uncount bool
+}
+
+// RecordedOutcome is an outcome that was recorded.
+type RecordedOutcome struct {
+	ID           requestid.ID
+	State        RequestState
+	WebhookState WebhookState
+}
+
+// RequestCompleteBatch records the outcomes of attempts Owner holds the
+// lease on, in one statement, and returns those it recorded: an outcome for
+// a request whose lease was reclaimed meanwhile is ignored, so a processor
+// that lost its lease can't overwrite the newer attempt. Final states
+// (SUCCEEDED, FAILED) drop the input, set the retention times and, for a
+// request with a pending webhook, queue its delivery in the same statement
+// and wake the deliverers when the transaction commits.
+func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
+	if len(outcomes) == 0 {
+		return nil, nil
+	}
+	owners := make([]string, len(outcomes))
+	for i := range owners {
+		owners[i] = owner
+	}
+	recorded, err := db.completeAttempts(ctx, db.Pool, owners, outcomes)
+	if err != nil {
+		return nil, fmt.Errorf("record outcomes: %w", err)
+	}
+	return recorded, nil
+}
+
+// completeAttempts applies outcomes, each guarded by its expected lease
+// owner, in one statement that also queues the webhooks and sends the
+// wake-ups the new states call for (delivered on commit): the deliverers'
+// when a webhook was queued, the processors' when a request is due again
+// at once.
+func (db *DB) completeAttempts(ctx context.Context, q querier, owners []string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
+	n := len(outcomes)
+	ids := make([]requestid.ID, n)
+	states := make([]string, n)
+	outputs := make([][]byte, n)
+	errs := make([]string, n)
+	delays := make([]float64, n)
+	uncount := make([]bool, n)
+	for i, o := range outcomes {
+		ids[i], states[i], delays[i], uncount[i] = o.ID, string(o.State), o.Delay.Seconds(), o.Uncount
+		if o.State == StateSucceeded {
+			outputs[i] = o.Output
+		}
+		if o.Error != nil {
+			b, err := json.Marshal(o.Error)
+			if err != nil {
+				return nil, err
+			}
+			errs[i] = string(b)
+		}
+	}
+	rows, err := q.Query(ctx, `
+		WITH o AS (
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[])
+				AS o(id, owner, state, output, error, delay_s, uncount)
+		), done AS (
+			UPDATE async_requests r SET
+				state = o.state,
+				attempts = r.attempts - CASE WHEN o.uncount THEN 1 ELSE 0 END,
+				errors = CASE
+					WHEN o.error = '' THEN r.errors
+					WHEN o.uncount AND r.errors -> -1 ->> 'code' = o.error::jsonb ->> 'code' THEN r.errors
+					ELSE r.errors || jsonb_build_array(o.error::jsonb) END,
+				due_at = CASE WHEN o.state = 'QUEUED' THEN now() + make_interval(secs => o.delay_s) ELSE r.due_at END,
+				lease_owner = NULL, lease_expires_at = NULL, status_at = now(),
+				output = o.output,
+				input = CASE WHEN o.state = 'QUEUED' THEN r.input END,
+				finished_at = CASE WHEN o.state <> 'QUEUED' THEN now() END,
+				purge_at = CASE WHEN o.state <> 'QUEUED' THEN now() + make_interval(secs => $8) END,
+				output_expires_at = CASE WHEN o.state <> 'QUEUED' AND r.webhook_state <> 'PENDING'
+					THEN now() + make_interval(secs => $9) END
+			FROM o
+			WHERE r.id = o.id AND r.state = 'IN_PROGRESS' AND r.lease_owner = o.owner
+			RETURNING r.id, r.state, r.webhook_state, r.due_at <= now() AS due
+		), hooks AS (
+			INSERT INTO webhook_deliveries (request_id, state, due_at)
+			SELECT id, 'PENDING', now() FROM done WHERE state <> 'QUEUED' AND webhook_state = 'PENDING'
+			RETURNING request_id
+		), wake AS (
+			SELECT pg_notify($10, '') FROM (SELECT FROM hooks LIMIT 1) h
+			UNION ALL
+			SELECT pg_notify($11, '') FROM (SELECT FROM done WHERE state = 'QUEUED' AND due LIMIT 1) d
+		)
+		SELECT id, state, webhook_state FROM done
+		WHERE (SELECT count(*) FROM wake) >= 0 -- runs wake, once`,
+		ids, owners, states, outputs, errs, delays, uncount,
+		db.statusRetention().Seconds(), db.outputRetention().Seconds(), WebhookWakeChannel, WakeChannel)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, scanRecorded)
+}
+
+func scanRecorded(row pgx.CollectableRow) (RecordedOutcome, error) {
+	var r RecordedOutcome
+	err := row.Scan(&r.ID, &r.State, &r.WebhookState)
+	return r, err
+}
+
+// notify sends the wake-ups asked for; they are delivered on commit.
+func notify(ctx context.Context, tx querier, processors, deliverers bool) error {
+	if processors {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel); err != nil {
+			return err
+		}
+	}
+	if deliverers {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LostRequest is a request whose processor's lease ran out, as the reclaim
+// sweep recorded it.
+type LostRequest struct {
+	RecordedOutcome
+	ModelID      string
+	DeploymentID string
+	Attempt      int
+}
+
+// RequestReclaimLost records a failed attempt (INTERNAL_SERVER_ERROR,
+// "processor lost") for up to limit IN_PROGRESS requests whose lease ran
+// out: the processor was killed or cut off. Each goes back to QUEUED after
+// its retry delay, or to FAILED when it has no attempts left. Any processor
+// may run it; rows another sweep is working on are skipped.
+func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest, error) {
+	var lost []LostRequest
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT id, lease_owner, model_id, deployment_id, attempts, max_attempts, initial_delay_ms, max_delay_ms
+			FROM async_requests
+			WHERE state = 'IN_PROGRESS' AND lease_expires_at < now()
+			ORDER BY lease_expires_at
+			LIMIT $1
+			FOR UPDATE SKIP LOCKED`, limit)
+		if err != nil {
+			return err
+		}
+		var owners []string
+		var outcomes []AttemptOutcome
+		found := map[requestid.ID]LostRequest{}
+		for rows.Next() {
+			var l LostRequest
+			var owner string
+			var maxAttempts, initialMS, maxMS int
+			if err := rows.Scan(&l.ID, &owner, &l.ModelID, &l.DeploymentID, &l.Attempt, &maxAttempts, &initialMS, &maxMS); err != nil {
+				rows.Close()
+				return err
+			}
+			o := AttemptOutcome{ID: l.ID, State: StateFailed, Error: &AttemptError{
+				Code: CodeInternalServerError, Message: "processor lost: its lease ran out before the attempt finished",
+			}}
+			if l.Attempt < maxAttempts {
+				o.State = StateQueued
+				o.Delay = RetryDelay(l.Attempt, time.Duration(initialMS)*time.Millisecond, time.Duration(maxMS)*time.Millisecond)
+			}
+			owners, outcomes = append(owners, owner), append(outcomes, o)
+			found[l.ID] = l
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		recorded, err := db.completeAttempts(ctx, tx, owners, outcomes)
+		if err != nil {
+			return err
+		}
+		for _, r := range recorded {
+			l := found[r.ID]
+			l.RecordedOutcome = r
+			lost = append(lost, l)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("reclaim lost requests: %w", err)
+	}
+	return lost, nil
+}
+
+// RequestExpireBatch moves up to limit QUEUED requests whose queue deadline
+// has passed to EXPIRED, keeping the errors seen so far, with the same side
+// effects as any final state: input dropped, retention set, webhook queued.
+// It returns the expired requests.
+func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]RecordedOutcome, error) {
+	var expired []RecordedOutcome
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			WITH done AS (
+				UPDATE async_requests r SET
+					state = 'EXPIRED', status_at = now(), finished_at = now(), input = NULL,
+					purge_at = now() + make_interval(secs => $2),
+					output_expires_at = CASE WHEN r.webhook_state <> 'PENDING' THEN now() + make_interval(secs => $3) END
+				WHERE r.id IN (
+					SELECT id FROM async_requests
+					WHERE state = 'QUEUED' AND deadline_at <= now()
+					ORDER BY deadline_at
+					LIMIT $1
+					FOR UPDATE SKIP LOCKED
+				) AND r.state = 'QUEUED'
+				RETURNING r.id, r.state, r.webhook_state
+			), hooks AS (
+				INSERT INTO webhook_deliveries (request_id, state, due_at)
+				SELECT id, 'PENDING', now() FROM done WHERE webhook_state = 'PENDING'
+			)
+			SELECT id, state, webhook_state FROM done`,
+			limit, db.statusRetention().Seconds(), db.outputRetention().Seconds())
+		if err != nil {
+			return err
+		}
+		expired, err = pgx.CollectRows(rows, scanRecorded)
+		if err != nil {
+			return err
+		}
+		hooks := slices.ContainsFunc(expired, func(r RecordedOutcome) bool { return r.WebhookState == WebhookPending })
+		return notify(ctx, tx, false, hooks)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("expire requests: %w", err)
+	}
+	return expired, nil
+}
+
+// PurgeCounts says what a retention sweep removed.
+type PurgeCounts struct {
+	// Requests is the number of request rows deleted (their webhook
+	// deliveries go with them).
+	Requests int64
+	// Outputs is the number of outputs cleared.
+	Outputs int64
+	// IdempotencyKeys is the number of expired idempotency keys deleted.
+	IdempotencyKeys int64
+}
+
+// RetentionPurge deletes up to limit request rows past their purge time, clears
+// up to limit outputs past their retention, and deletes up to limit
+// idempotency keys older than IdempotencyWindow.
+func (db *DB) RetentionPurge(ctx context.Context, limit int) (PurgeCounts, error) {
+	var c PurgeCounts
+	tag, err := db.Pool.Exec(ctx, `
+		DELETE FROM async_requests WHERE id IN (
+			SELECT id FROM async_requests WHERE purge_at < now() LIMIT $1)`, limit)
+	if err != nil {
+		return c, fmt.Errorf("purge requests: %w", err)
+	}
+	c.Requests = tag.RowsAffected()
+	tag, err = db.Pool.Exec(ctx, `
+		UPDATE async_requests SET output = NULL, output_expires_at = NULL WHERE id IN (
+			SELECT id FROM async_requests WHERE output_expires_at < now() LIMIT $1)`, limit)
+	if err != nil {
+		return c, fmt.Errorf("purge outputs: %w", err)
+	}
+	c.Outputs = tag.RowsAffected()
+	tag, err = db.Pool.Exec(ctx, `
+		DELETE FROM idempotency_keys WHERE (organization_id, key) IN (
+			SELECT organization_id, key FROM idempotency_keys
+			WHERE created_at < now() - make_interval(secs => $2) LIMIT $1)`, limit, IdempotencyWindow.Seconds())
+	if err != nil {
+		return c, fmt.Errorf("purge idempotency keys: %w", err)
+	}
+	c.IdempotencyKeys = tag.RowsAffected()
+	return c, nil
+}
+
+// QueueDepth is the number of requests of one deployment in one state.
+type QueueDepth struct {
+	DeploymentID string
+	State        RequestState
+	Count        int64
+}
+
+// QueueDepthList counts QUEUED and IN_PROGRESS requests per deployment,
+// through the partial indexes on those states.
+func (db *DB) QueueDepthList(ctx context.Context) ([]QueueDepth, error) {
+	rows, err := db.Pool.Query(ctx, `
+		SELECT deployment_id, 'QUEUED', count(*) FROM async_requests WHERE state = 'QUEUED' GROUP BY deployment_id
+		UNION ALL
+		SELECT deployment_id, 'IN_PROGRESS', count(*) FROM async_requests WHERE state = 'IN_PROGRESS' GROUP BY deployment_id`)
+	if err != nil {
+		return nil, fmt.Errorf("count queue depth: %w", err)
+	}
+	depths, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (QueueDepth, error) {
+		var d QueueDepth
+		err := row.Scan(&d.DeploymentID, &d.State, &d.Count)
+		return d, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("count queue depth: %w", err)
+	}
+	return depths, nil
+}
+
+// WakeListen calls wake for every notification on channel, and once after
+// each (re)connection, since notifications sent while disconnected are
+// lost. It holds a connection of its own, outside the pool, reconnects with
+// backoff when it breaks (reporting the error to onError, which may be nil),
+// and returns when ctx is done. Wake-ups only shorten latency: callers poll
+// as well, so nothing depends on this connection.
+func (db *DB) WakeListen(ctx context.Context, channel string, wake func(), onError func(error)) {
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		err := db.listenOnce(ctx, channel, wake, func() { backoff = minBackoff })
+		if ctx.Err() != nil {
+			return
+		}
+		if onError != nil {
+			onError(err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+func (db *DB) listenOnce(ctx context.Context, channel string, wake, connected func()) error {
+	conn, err := pgx.ConnectConfig(ctx, db.Pool.Config().ConnConfig)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", channel, err)
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		defer cancel()
+		conn.Close(closeCtx)
+	}()
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
+		return fmt.Errorf("listen on %s: %w", channel, err)
+	}
+	connected()
+	wake()
+	for {
+		if _, err := conn.WaitForNotification(ctx); err != nil {
+			return fmt.Errorf("listen on %s: %w", channel, err)
+		}
+		wake()
+	}
+}
+
+// statusRetention and outputRetention apply the defaults to a DB built by
+// hand (tests, tools) rather than by Open.
+func (db *DB) statusRetention() time.Duration {
+	if db.StatusRetention > 0 {
+		return db.StatusRetention
+	}
+	return StatusRetentionDefault
+}
+
+func (db *DB) outputRetention() time.Duration {
+	if db.OutputRetention > 0 {
+		return db.OutputRetention
+	}
+	return OutputRetentionDefault
+}

@@ -1,0 +1,282 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
+	"github.com/openasync/asyncrequest/shared/requestid"
+)
+
+func TestRetryDelay(t *testing.T) {
+	t.Parallel()
+	const s = time.Second
+	tests := []struct {
+		attempt      int
+		initial, max time.Duration
+		want         time.Duration
+	}{
+		{attempt: 1, initial: s, max: 5 * s, want: s},
+		{attempt: 2, initial: s, max: 5 * s, want: 2 * s},
+		{attempt: 3, initial: s, max: 5 * s, want: 4 * s},
+		{attempt: 4, initial: s, max: 5 * s, want: 5 * s},
+		{attempt: 10, initial: s, max: 5 * s, want: 5 * s},
+		{attempt: 1000, initial: 10 * s, max: 60 * s, want: 60 * s},
+		{attempt: 0, initial: s, max: 5 * s, want: s},
+		{attempt: 3, initial: 0, max: 5 * s, want: 0},
+		{attempt: 3, initial: s, max: 0, want: 0},
+		{attempt: 1, initial: 8 * s, max: 3 * s, want: 3 * s},
+		{attempt: 7, initial: 250 * time.Millisecond, max: 60 * s, want: 16 * s},
+		{attempt: 80, initial: s, max: math.MaxInt64, want: math.MaxInt64},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("Attempt%dInitial%vMax%v", tt.attempt, tt.initial, tt.max), func(t *testing.T) {
+			t.Parallel()
+			if got := postgres.RetryDelay(tt.attempt, tt.initial, tt.max); got != tt.want {
+				t.Errorf("RetryDelay(%d, %v, %v) = %v, want %v", tt.attempt, tt.initial, tt.max, got, tt.want)
+			}
+		})
+	}
+}
+
+// processSetup gives a database with one organization and a deployment of
+// max_concurrency 2, and a function queueing requests for it.
+func processSetup(t *testing.T) (*postgres.DB, func(edit ...func(*postgres.RequestInsertParams)) requestid.ID) {
+	t.Helper()
+	ctx := context.Background()
+	db := pgtest.New(t)
+	org, err := db.OrganizationEnsure(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ModelCreate(ctx, postgres.Model{ID: "m1", OrganizationID: org.ID, Kind: postgres.KindModel}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeploymentCreate(ctx, org.ID, postgres.Deployment{ID: "d1", ModelID: "m1", URL: "http://model.invalid", MaxConcurrency: 2}); err != nil {
+		t.Fatal(err)
+	}
+	submit := func(edit ...func(*postgres.RequestInsertParams)) requestid.ID {
+		t.Helper()
+		p := postgres.RequestInsertParams{
+			ID: requestid.New(), OrganizationID: org.ID, ModelID: "m1", DeploymentID: "d1",
+			MaxTimeInQueue: 10 * time.Minute, MaxAttempts: 3, InitialDelayMS: 1000, MaxDelayMS: 5000, Input: []byte(`{}`),
+		}
+		for _, e := range edit {
+			e(&p)
+		}
+		if _, err := db.RequestInsert(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+		return p.ID
+	}
+	return db, submit
+}
+
+func TestRequestClaimBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	claim := func(t *testing.T, db *postgres.DB, owner string) []postgres.ClaimedRequest {
+		t.Helper()
+		c, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: owner, Limit: 100, LeaseDuration: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	t.Run("DueWithinDeadlineUpToMaxConcurrency", func(t *testing.T) {
+		t.Parallel()
+		db, submit := processSetup(t)
+		submit(func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = 0 }) // deadline passed
+		future := submit()
+		if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET due_at = now() + interval '1 hour' WHERE id = $1`, future); err != nil {
+			t.Fatal(err)
+		}
+		first, second, third := submit(), submit(), submit()
+		got := claim(t, db, "a")
+		if len(got) != 2 || got[0].ID != first || got[1].ID != second {
+			t.Fatalf("claimed %+v, want the first two due requests", got)
+		}
+		if got[0].Attempt != 1 || got[0].URL != "http://model.invalid" || string(got[0].Input) != `{}` ||
+			got[0].InitialDelay != time.Second || got[0].MaxDelay != 5*time.Second || got[0].MaxAttempts != 3 {
+			t.Errorf("claimed request %+v", got[0])
+		}
+		if more := claim(t, db, "b"); len(more) != 0 {
+			t.Fatalf("claimed %d past max_concurrency", len(more))
+		}
+		if _, err := db.RequestCompleteBatch(ctx, "a", []postgres.AttemptOutcome{{ID: first, State: postgres.StateSucceeded, Output: []byte(`1`)}}); err != nil {
+			t.Fatal(err)
+		}
+		if more := claim(t, db, "b"); len(more) != 1 || more[0].ID != third {
+			t.Fatalf("after a slot freed: claimed %+v, want the third", more)
+		}
+	})
+
+	t.Run("CancelRace", func(t *testing.T) {
+		t.Parallel()
+		db, submit := processSetup(t)
+		var orgID int64
+		if err := db.Pool.QueryRow(ctx, `SELECT id FROM organizations`).Scan(&orgID); err != nil {
+			t.Fatal(err)
+		}
+		wins := map[postgres.RequestState]int{}
+		defer func() { t.Logf("winners: %v", wins) }()
+		for i := range 100 {
+			id := submit()
+			var wg sync.WaitGroup
+			var canceled bool
+			var claimed []postgres.ClaimedRequest
+			var cancelErr, claimErr error
+			wg.Go(func() { _, canceled, cancelErr = db.RequestCancel(ctx, orgID, id) })
+			wg.Go(func() {
+				claimed, claimErr = db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 1, LeaseDuration: time.Minute})
+			})
+			wg.Wait()
+			if cancelErr != nil || claimErr != nil {
+				t.Fatal(cancelErr, claimErr)
+			}
+			state := scalarState(t, db, id)
+			wins[state]++
+			switch {
+			case canceled && len(claimed) == 0 && state == postgres.StateCanceled:
+			case !canceled && len(claimed) == 1 && state == postgres.StateInProgress:
+				if _, err := db.RequestCompleteBatch(ctx, "p", []postgres.AttemptOutcome{{ID: id, State: postgres.StateSucceeded}}); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				t.Fatalf("iteration %d: canceled %v, claimed %d, state %s", i, canceled, len(claimed), state)
+			}
+		}
+	})
+}
+
+func scalarState(t *testing.T, db *postgres.DB, id requestid.ID) postgres.RequestState {
+	t.Helper()
+	var s postgres.RequestState
+	if err := db.Pool.QueryRow(context.Background(), `SELECT state FROM async_requests WHERE id = $1`, id).Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func TestRequestCompleteBatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	bp, retry := submit(), submit()
+	claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 2, LeaseDuration: time.Minute})
+	if err != nil || len(claimed) != 2 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	notReady := &postgres.AttemptError{Code: postgres.CodeModelNotReady, Message: "model answered 429"}
+	unavailable := &postgres.AttemptError{Code: postgres.CodeModelUnavailable, Message: "model answered 503"}
+	rec, err := db.RequestCompleteBatch(ctx, "p", []postgres.AttemptOutcome{
+		{ID: bp, State: postgres.StateQueued, Uncount: true, Error: notReady, Delay: 0},
+		{ID: retry, State: postgres.StateQueued, Error: unavailable, Delay: time.Hour},
+	})
+	if err != nil || len(rec) != 2 {
+		t.Fatalf("complete: %v, %d recorded", err, len(rec))
+	}
+	// The back-pressured request comes straight back; a second back-pressure
+	// answer in a row is not recorded twice.
+	again, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 2, LeaseDuration: time.Minute})
+	if err != nil || len(again) != 1 || again[0].ID != bp || again[0].Attempt != 1 {
+		t.Fatalf("reclaim after back-pressure: %v, %+v", err, again)
+	}
+	if _, err := db.RequestCompleteBatch(ctx, "p", []postgres.AttemptOutcome{{ID: bp, State: postgres.StateQueued, Uncount: true, Error: notReady, Delay: time.Hour}}); err != nil {
+		t.Fatal(err)
+	}
+	var attempts, errs int
+	if err := db.Pool.QueryRow(ctx, `SELECT attempts, jsonb_array_length(errors) FROM async_requests WHERE id = $1`, bp).Scan(&attempts, &errs); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 0 || errs != 1 {
+		t.Errorf("back-pressured twice: attempts %d, %d errors; want 0, 1", attempts, errs)
+	}
+	if err := db.Pool.QueryRow(ctx, `SELECT attempts, jsonb_array_length(errors) FROM async_requests WHERE id = $1`, retry).Scan(&attempts, &errs); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 1 || errs != 1 {
+		t.Errorf("retried: attempts %d, %d errors; want 1, 1", attempts, errs)
+	}
+}
+
+func TestSweeps(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+
+	t.Run("RetentionPurge", func(t *testing.T) {
+		t.Parallel()
+		db, submit := processSetup(t)
+		gone, cleared, kept := submit(), submit(), submit()
+		if _, err := db.Pool.Exec(ctx, `
+			UPDATE async_requests SET state = 'SUCCEEDED', output = '1',
+				purge_at = CASE WHEN id = $1 THEN now() - interval '1 second' ELSE now() + interval '1 day' END,
+				output_expires_at = CASE WHEN id = $2 THEN now() - interval '1 second' ELSE now() + interval '1 hour' END`,
+			gone, cleared); err != nil {
+			t.Fatal(err)
+		}
+		c, err := db.RetentionPurge(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Requests != 1 || c.Outputs != 1 {
+			t.Errorf("purged %+v, want one request and one output", c)
+		}
+		var n int
+		if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM async_requests WHERE id = $1`, gone).Scan(&n); err != nil || n != 0 {
+			t.Errorf("purged request still there: %v, %d", err, n)
+		}
+		var output []byte
+		if err := db.Pool.QueryRow(ctx, `SELECT output FROM async_requests WHERE id = $1`, cleared).Scan(&output); err != nil || output != nil {
+			t.Errorf("expired output: %v, %q", err, output)
+		}
+		if err := db.Pool.QueryRow(ctx, `SELECT output FROM async_requests WHERE id = $1`, kept).Scan(&output); err != nil || string(output) != "1" {
+			t.Errorf("retained output: %v, %q", err, output)
+		}
+	})
+
+	t.Run("ExpireOnlyPastDeadline", func(t *testing.T) {
+		t.Parallel()
+		db, submit := processSetup(t)
+		late := submit(func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = 0 })
+		submit()
+		expired, err := db.RequestExpireBatch(ctx, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(expired) != 1 || expired[0].ID != late || expired[0].State != postgres.StateExpired {
+			t.Fatalf("expired %+v, want only the late one", expired)
+		}
+	})
+}
+
+func TestRequestLeaseRenew(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	id := submit()
+	claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 1, LeaseDuration: time.Second})
+	if err != nil || len(claimed) != 1 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	held, err := db.RequestLeaseRenew(ctx, "p", []requestid.ID{id, requestid.New()}, time.Hour)
+	if err != nil || len(held) != 1 || held[0] != id {
+		t.Fatalf("renew by the owner: %v, %v", err, held)
+	}
+	var left time.Duration
+	if err := db.Pool.QueryRow(ctx, `SELECT lease_expires_at - now() FROM async_requests WHERE id = $1`, id).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left < 59*time.Minute {
+		t.Errorf("lease runs %v more, want about an hour", left)
+	}
+	if held, err := db.RequestLeaseRenew(ctx, "other", []requestid.ID{id}, time.Hour); err != nil || len(held) != 0 {
+		t.Fatalf("renew by another processor: %v, %v", err, held)
+	}
+}
