@@ -109,11 +109,14 @@ type attempt struct {
 // deliver makes one attempt at del and records its outcome. ctx ending
 // (the deliverer stopping) hands the delivery back.
 func (d *Deliverer) deliver(ctx context.Context, del postgres.WebhookDelivery, c *counters) {
-	log := d.log.With("request_id", del.RequestID.String(), "delivery_id", del.ID, "attempt", del.Attempt)
+	log := d.log.With("request_id", del.RequestID.String(), "model_id", del.ModelID,
+		"deployment_id", del.DeploymentID, "delivery_id", del.ID, "attempt", del.Attempt)
 	ctx = trace.ContextWithRemoteSpanContext(ctx, requestSpanContext(del.RequestID))
 	ctx, span := d.tracer.Start(ctx, "webhook", trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
 			attribute.String("request_id", del.RequestID.String()),
+			attribute.String("model_id", del.ModelID),
+			attribute.String("deployment_id", del.DeploymentID),
 			attribute.Int("webhook.attempt", del.Attempt),
 			attribute.String("http.request.method", http.MethodPost),
 		))

@@ -288,9 +288,9 @@ func (p *Processor) startSpan(ctx context.Context, c postgres.ClaimedRequest) (c
 	return p.tracer.Start(ctx, "attempt",
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
-			attribute.String("async_request.id", c.ID.String()),
-			attribute.String("async_request.model_id", c.ModelID),
-			attribute.String("async_request.deployment_id", c.DeploymentID),
-			attribute.Int("async_request.attempt", c.Attempt),
+			attribute.String("request_id", c.ID.String()),
+			attribute.String("model_id", c.ModelID),
+			attribute.String("deployment_id", c.DeploymentID),
+			attribute.Int("attempt", c.Attempt),
 		))
 }

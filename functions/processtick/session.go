@@ -326,7 +326,7 @@ func (s *session) logOutcome(f finished, recorded bool) {
 		attrs = append(attrs, "code", o.Error.Code, "message", o.Error.Message)
 	}
 	if o.State == postgres.StateQueued && o.Delay > 0 {
-		attrs = append(attrs, "delay", o.Delay)
+		attrs = append(attrs, "delay", o.Delay.String())
 	}
 	s.p.log.Log(ctx, level, msg, attrs...)
 }
@@ -336,8 +336,10 @@ func (s *session) logOutcome(f finished, recorded bool) {
 func (s *session) handBackRest() {
 	s.mu.Lock()
 	var outcomes []postgres.AttemptOutcome
-	for id := range s.inflight {
+	held := make(map[requestid.ID]postgres.ClaimedRequest, len(s.inflight))
+	for id, f := range s.inflight {
 		outcomes = append(outcomes, postgres.AttemptOutcome{ID: id, State: postgres.StateQueued, Uncount: true})
+		held[id] = f.req
 	}
 	s.mu.Unlock()
 	if len(outcomes) == 0 {
@@ -353,7 +355,9 @@ func (s *session) handBackRest() {
 	s.recorded.Add(int64(len(recorded)))
 	s.handedBack.Add(int64(len(recorded)))
 	for _, r := range recorded {
-		s.p.log.Info("request handed back", "request_id", r.ID.String())
+		c := held[r.ID]
+		s.p.log.Info("request handed back", "request_id", r.ID.String(), "model_id", c.ModelID,
+			"deployment_id", c.DeploymentID, "attempt", c.Attempt)
 	}
 }
 
@@ -451,7 +455,8 @@ func (s *session) sweep(ctx context.Context) {
 		}
 		s.expired.Add(int64(len(expired)))
 		for _, e := range expired {
-			p.log.Info("request expired in the queue", "request_id", e.ID.String())
+			p.log.Info("request expired in the queue", "request_id", e.ID.String(), "model_id", e.ModelID,
+				"deployment_id", e.DeploymentID, "attempt", e.Attempts)
 			if p.metrics != nil {
 				p.metrics.Completed.WithLabelValues(string(e.State)).Inc()
 			}

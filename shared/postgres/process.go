@@ -400,12 +400,20 @@ func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest,
 	return lost, nil
 }
 
+// ExpiredRequest is a request the expiry sweep moved to EXPIRED.
+type ExpiredRequest struct {
+	RecordedOutcome
+	ModelID      string
+	DeploymentID string
+	Attempts     int
+}
+
 // RequestExpireBatch moves up to limit QUEUED requests whose queue deadline
 // has passed to EXPIRED, keeping the errors seen so far, with the same side
 // effects as any final state: input dropped, retention set, webhook queued.
 // It returns the expired requests.
-func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]RecordedOutcome, error) {
-	var expired []RecordedOutcome
+func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredRequest, error) {
+	var expired []ExpiredRequest
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		rows, err := tx.Query(ctx, `
 			WITH done AS (
@@ -420,21 +428,25 @@ func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]RecordedOutc
 					LIMIT $1
 					FOR UPDATE SKIP LOCKED
 				) AND r.state = 'QUEUED'
-				RETURNING r.id, r.state, r.webhook_state
+				RETURNING r.id, r.state, r.webhook_state, r.model_id, r.deployment_id, r.attempts
 			), hooks AS (
 				INSERT INTO webhook_deliveries (request_id, state, due_at)
 				SELECT id, 'PENDING', now() FROM done WHERE webhook_state = 'PENDING'
 			)
-			SELECT id, state, webhook_state FROM done`,
+			SELECT id, state, webhook_state, model_id, deployment_id, attempts FROM done`,
 			limit, db.statusRetention().Seconds(), db.outputRetention().Seconds())
 		if err != nil {
 			return err
 		}
-		expired, err = pgx.CollectRows(rows, scanRecorded)
+		expired, err = pgx.CollectRows(rows, func(row pgx.CollectableRow) (ExpiredRequest, error) {
+			var e ExpiredRequest
+			err := row.Scan(&e.ID, &e.State, &e.WebhookState, &e.ModelID, &e.DeploymentID, &e.Attempts)
+			return e, err
+		})
 		if err != nil {
 			return err
 		}
-		hooks := slices.ContainsFunc(expired, func(r RecordedOutcome) bool { return r.WebhookState == WebhookPending })
+		hooks := slices.ContainsFunc(expired, func(r ExpiredRequest) bool { return r.WebhookState == WebhookPending })
 		return notify(ctx, tx, false, hooks)
 	})
 	if err != nil {

@@ -199,7 +199,7 @@ func TestEndToEnd(t *testing.T) {
 
 				atts := byName["attempt"]
 				slices.SortFunc(atts, func(a, b tracetest.SpanStub) int {
-					return int(intAttr(a, "async_request.attempt") - intAttr(b, "async_request.attempt"))
+					return int(intAttr(a, "attempt") - intAttr(b, "attempt"))
 				})
 				if len(atts) != len(c.attempts) {
 					t.Fatalf("%d attempt spans, want %d", len(atts), len(c.attempts))
@@ -210,10 +210,10 @@ func TestEndToEnd(t *testing.T) {
 					if s.SpanKind != trace.SpanKindClient {
 						t.Errorf("attempt %d: span kind %v, want client", n+1, s.SpanKind)
 					}
-					if got := intAttr(s, "async_request.attempt"); got != int64(n+1) {
+					if got := intAttr(s, "attempt"); got != int64(n+1) {
 						t.Errorf("attempt span %d: async_request.attempt = %d", n+1, got)
 					}
-					if got := attr(s, "async_request.deployment_id"); got != c.deployment {
+					if got := attr(s, "deployment_id"); got != c.deployment {
 						t.Errorf("attempt %d: deployment_id = %q, want %q", n+1, got, c.deployment)
 					}
 					if got := intAttr(s, "http.response.status_code"); got != int64(want.status) {
@@ -389,9 +389,9 @@ func TestEndToEnd(t *testing.T) {
 		// carries its identity.
 		need := map[string][]string{
 			"attempt finished":                          {"request_id", "model_id", "deployment_id", "attempt"},
-			"webhook delivered":                         {"request_id", "attempt"},
-			"webhook not delivered; will retry":         {"request_id", "attempt"},
-			"webhook delivery failed":                   {"request_id", "attempt"},
+			"webhook delivered":                         {"request_id", "model_id", "deployment_id", "attempt"},
+			"webhook not delivered; will retry":         {"request_id", "model_id", "deployment_id", "attempt"},
+			"webhook delivery failed":                   {"request_id", "model_id", "deployment_id", "attempt"},
 			"model not ready; request waits":            {"request_id", "model_id", "deployment_id", "attempt"},
 			"request handed back":                       {"request_id", "model_id", "deployment_id", "attempt"},
 			"lease lost; attempt cut off":               {"request_id", "model_id", "deployment_id", "attempt"},

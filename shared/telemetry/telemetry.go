@@ -37,7 +37,11 @@ func (tp *TracerProvider) Flush(ctx context.Context) error { return tp.ForceFlus
 // and otherwise recorded by nothing. extra span processors (tests pass an
 // in-memory exporter) are added as given.
 func SetupTracing(ctx context.Context, serviceName string, extra ...sdktrace.SpanProcessor) (*TracerProvider, error) {
-	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(semconv.ServiceName(serviceName)))
+	// The function's name is the default service name; OTEL_SERVICE_NAME and
+	// OTEL_RESOURCE_ATTRIBUTES override it.
+	res, err := resource.New(ctx,
+		resource.WithAttributes(semconv.ServiceName(serviceName)),
+		resource.WithFromEnv(), resource.WithTelemetrySDK())
 	if err != nil {
 		return nil, fmt.Errorf("telemetry resource: %w", err)
 	}
