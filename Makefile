@@ -11,19 +11,23 @@ STATICCHECK  = $(GO) tool staticcheck
 
 ## dev: everything in one process (API :9001, processor :9002, webhook receiver :9003, example model :9004)
 dev:
-	$(GO) run ./localdev/cmd/asyncdev dev
+	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
+	exec bin/asyncdev dev
 
 ## run-server: the API alone on :9001 against DATABASE_URL
 run-server:
-	$(GO) run ./localdev/cmd/asyncdev server
+	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
+	exec bin/asyncdev server
 
 ## run-processor: process-tick and deliver-webhook loops, probes and metrics on :9002
 run-processor:
-	$(GO) run ./localdev/cmd/asyncdev processor
+	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
+	exec bin/asyncdev processor
 
 ## run-local-webhook: the local webhook receiver on :9003
 run-local-webhook:
-	$(GO) run ./localdev/cmd/asyncdev webhook
+	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
+	exec bin/asyncdev webhook
 
 ## test: every test, with the race detector, against TEST_DATABASE_URL (or a container)
 test:

@@ -1,0 +1,25 @@
+// Command lambda is the status function: behind API Gateway it reads and
+// cancels requests, serves results and queue status, and redelivers
+// webhooks. Built as bootstrap for provided.al2023 (make
+// build-StatusFunction).
+package main
+
+import (
+	"context"
+
+	"github.com/aws/aws-lambda-go/lambda"
+
+	"github.com/openasync/asyncrequest/functions/status"
+	"github.com/openasync/asyncrequest/shared/bootstrap"
+	"github.com/openasync/asyncrequest/shared/lambdahttp"
+)
+
+func main() {
+	p := bootstrap.MustStart(context.Background(), "async-status")
+	h := status.New(status.Options{
+		DB:     p.DB,
+		API:    p.Config.API,
+		Logger: p.Logger,
+	})
+	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h)), lambda.WithEnableSIGTERM(p.Close))
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package localdev_test
+
+var raceFlags []string
