@@ -312,7 +312,7 @@ func (h *harness) start(ctx context.Context, service string) (*bootstrap.Process
 func (h *harness) api(p *bootstrap.Process) http.Handler {
 	return httpapi.Mux(
 		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics}),
-		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger}),
+		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics}),
 	)
 }
 

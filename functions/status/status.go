@@ -18,6 +18,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 )
 
 // TimeFormat is how the API writes times: RFC 3339 in UTC with
@@ -31,6 +32,8 @@ type Options struct {
 	// default.
 	API    config.API
 	Logger *slog.Logger
+	// Metrics, when set, counts cancels in async_requests_completed_total.
+	Metrics *telemetry.Metrics
 	// Now is the clock of the auth cache and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
@@ -38,7 +41,7 @@ type Options struct {
 
 // New returns the status handler.
 func New(o Options) http.Handler {
-	s := &server{db: o.DB, log: cmp.Or(o.Logger, slog.Default())}
+	s := &server{db: o.DB, log: cmp.Or(o.Logger, slog.Default()), metrics: o.Metrics}
 	now := o.Now
 	if now == nil {
 		now = time.Now
@@ -67,8 +70,9 @@ func New(o Options) http.Handler {
 }
 
 type server struct {
-	db  *postgres.DB
-	log *slog.Logger
+	db      *postgres.DB
+	log     *slog.Logger
+	metrics *telemetry.Metrics
 }
 
 // Answers for things that do not exist or belong to another organization.
@@ -161,6 +165,9 @@ func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
 	msg := "request canceled"
 	switch {
 	case canceled:
+		if s.metrics != nil {
+			s.metrics.Completed.WithLabelValues(string(postgres.StateCanceled)).Inc()
+		}
 	case req.State == postgres.StateCanceled:
 		msg = "request was already canceled"
 	default:

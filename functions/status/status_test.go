@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/functions/submit"
 	"github.com/openasync/asyncrequest/shared/config"
@@ -18,6 +21,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/requestid"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -399,6 +403,34 @@ func TestCancel(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestCancelCounted(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	metrics := telemetry.NewMetrics(reg)
+	b := setup(t, func(o *status.Options) { o.Metrics = metrics })
+	canceled := func() float64 {
+		return testCounter(t, metrics.Completed.WithLabelValues("CANCELED"))
+	}
+	id := b.insert(b.acme, "m1", false, "m1-a", "")
+	for range 2 { // the second cancel finds it canceled already and counts nothing
+		if rec := b.do("DELETE", "", "/async_request/"+id, ""); rec.Code != http.StatusOK {
+			t.Fatalf("cancel = %d %s", rec.Code, rec.Body)
+		}
+	}
+	if got := canceled(); got != 1 {
+		t.Errorf("completed{status=CANCELED} = %v, want 1", got)
+	}
+}
+
+func testCounter(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 func TestQueueStatus(t *testing.T) {

@@ -17,9 +17,10 @@ import (
 func main() {
 	p := bootstrap.MustStart(context.Background(), "async-status")
 	h := status.New(status.Options{
-		DB:     p.DB,
-		API:    p.Config.API,
-		Logger: p.Logger,
+		DB:      p.DB,
+		API:     p.Config.API,
+		Logger:  p.Logger,
+		Metrics: p.Metrics,
 	})
 	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h)), lambda.WithEnableSIGTERM(p.Close))
 }
