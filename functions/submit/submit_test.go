@@ -83,27 +83,8 @@ func setup(t *testing.T, opts ...func(*submit.Options)) bundle {
 	ctx := context.Background()
 	db := pgtest.New(t)
 	seed := func(org string, models []postgres.Model, deps []postgres.Deployment) (string, int64) {
-		o, err := db.OrganizationEnsure(ctx, org)
-		if err != nil {
-			t.Fatal(err)
-		}
-		key := postgres.NewAPIKey()
-		if err := db.APIKeyCreate(ctx, o.ID, key, ""); err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range models {
-			m.OrganizationID = o.ID
-			if err := db.ModelCreate(ctx, m); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for _, d := range deps {
-			d.URL, d.MaxConcurrency = "http://model.invalid", 1
-			if err := db.DeploymentCreate(ctx, o.ID, d); err != nil {
-				t.Fatal(err)
-			}
-		}
-		return key, o.ID
+		tenant := pgtest.SeedTenant(t, db, org, models, deps)
+		return tenant.Key, tenant.ID
 	}
 	key, _ := seed("acme",
 		[]postgres.Model{{ID: "m1", Kind: postgres.KindModel}, {ID: "m2", Kind: postgres.KindModel}, {ID: "c1", Kind: postgres.KindChain}},

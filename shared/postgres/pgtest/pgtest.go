@@ -170,3 +170,39 @@ func (migrator) Hash() (string, error) {
 func (migrator) Migrate(ctx context.Context, _ *sql.DB, conf pgtestdb.Config) error {
 	return db.Migrate(ctx, conf.URL(), false, nil)
 }
+
+// Tenant is an organization seeded by SeedTenant.
+type Tenant struct {
+	ID  int64
+	Key string // an API key of the organization
+}
+
+// SeedTenant creates organization name with a fresh API key, models and
+// deployments (a deployment without a URL gets http://model.invalid, one
+// without max_concurrency gets 1).
+func SeedTenant(t testing.TB, pg *postgres.DB, name string, models []postgres.Model, deployments []postgres.Deployment) Tenant {
+	t.Helper()
+	ctx := context.Background()
+	o, err := pg.OrganizationEnsure(ctx, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := postgres.NewAPIKey()
+	if err := pg.APIKeyCreate(ctx, o.ID, key, ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range models {
+		m.OrganizationID = o.ID
+		if err := pg.ModelCreate(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, d := range deployments {
+		d.URL = firstNonEmpty(d.URL, "http://model.invalid")
+		d.MaxConcurrency = max(d.MaxConcurrency, 1)
+		if err := pg.DeploymentCreate(ctx, o.ID, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return Tenant{ID: o.ID, Key: key}
+}
