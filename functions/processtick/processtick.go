@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -91,6 +92,11 @@ type Processor struct {
 	id            string
 	sweepInterval time.Duration
 	tracer        trace.Tracer
+	// claimBatch and completeBatch cap the requests of one claim and one
+	// completion statement.
+	claimBatch, completeBatch int
+	// stats counts claim and completion statements and their rows.
+	stats struct{ claims, claimed, writes, written atomic.Int64 }
 
 	depthMu   sync.Mutex
 	depthSeen map[[2]string]bool // queue-depth series set so far
@@ -124,6 +130,8 @@ func New(o Options) *Processor {
 		id:            cmp.Or(o.ID, defaultID()),
 		sweepInterval: cmp.Or(o.SweepInterval, SweepIntervalDefault),
 		tracer:        otel.Tracer("github.com/openasync/asyncrequest/functions/processtick"),
+		claimBatch:    claimBatchMax,
+		completeBatch: completeBatchMax,
 	}
 }
 

@@ -31,11 +31,18 @@ type session struct {
 	pending  []finished               // outcomes waiting for the completer
 	closed   bool                     // outcomes are no longer accepted
 
-	outcomeReady chan struct{} // 1-buffered: pending has outcomes
-	closing      chan struct{} // closed when the completer should flush and stop
-	freed        chan struct{} // 1-buffered: outcomes were written, slots are free
-	wake         chan struct{} // 1-buffered: work may be due
-	attempts     sync.WaitGroup
+	outcomeReady chan struct{}  // 1-buffered: pending has outcomes
+	closing      chan struct{}  // closed when the completer should flush and stop
+	freed        chan struct{}  // 1-buffered: outcomes were written, slots are free
+	wake         chan struct{}  // 1-buffered: work may be due
+	attempts     sync.WaitGroup // the workers
+
+	// work holds the claimed requests no worker has taken yet; it has room
+	// for Concurrency, more than can be in flight.
+	work chan attempt
+	// workers is the number of workers started; only claimLoop reads or
+	// changes it.
+	workers int
 
 	claimed, recorded, handedBack, reclaimed, expired atomic.Int64
 	claimErr                                          atomic.Pointer[error]
@@ -45,6 +52,13 @@ type session struct {
 type flight struct {
 	req    postgres.ClaimedRequest
 	cancel context.CancelCauseFunc
+}
+
+// attempt is a claimed request on its way to a worker.
+type attempt struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	req    postgres.ClaimedRequest
 }
 
 // finished is an attempt's outcome on its way to the database.
@@ -72,6 +86,7 @@ func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}
 		closing:      make(chan struct{}),
 		freed:        make(chan struct{}, 1),
 		wake:         make(chan struct{}, 1),
+		work:         make(chan attempt, p.cfg.Concurrency),
 	}
 
 	// Writing outcomes and renewing leases go on through the drain; attempts
@@ -99,6 +114,7 @@ func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}
 	}
 
 	s.claimLoop(claimCtx, attemptBase)
+	close(s.work)
 
 	attemptsDone := make(chan struct{})
 	go func() {
@@ -152,7 +168,7 @@ func (s *session) claimLoop(ctx context.Context, attemptBase context.Context) {
 		free := s.p.cfg.Concurrency - len(s.inflight)
 		s.mu.Unlock()
 		if free > 0 {
-			limit := min(free, claimBatchMax)
+			limit := min(free, s.p.claimBatch)
 			claimed, err := s.claim(ctx, limit)
 			if err != nil {
 				s.claimErr.Store(&err)
@@ -178,32 +194,54 @@ func (s *session) claim(ctx context.Context, limit int) ([]postgres.ClaimedReque
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), claimTimeout)
 	defer cancel()
-	return s.p.db.RequestClaimBatch(ctx, postgres.RequestClaimParams{
+	claimed, err := s.p.db.RequestClaimBatch(ctx, postgres.RequestClaimParams{
 		Owner: s.p.id, Limit: limit, LeaseDuration: s.p.cfg.LeaseDuration,
 	})
+	s.p.stats.claims.Add(1)
+	s.p.stats.claimed.Add(int64(len(claimed)))
+	return claimed, err
 }
 
-// start runs an attempt for each claimed request.
+// start hands each claimed request to a worker, starting workers as the
+// number of requests in flight grows (up to Concurrency). Workers live as
+// long as the session, so an attempt does not pay for a goroutine and its
+// stack growth of its own.
 func (s *session) start(base context.Context, claimed []postgres.ClaimedRequest) {
 	s.claimed.Add(int64(len(claimed)))
-	for _, c := range claimed {
-		if m := s.p.metrics; m != nil {
+	attempts := make([]attempt, len(claimed))
+	s.mu.Lock()
+	for i, c := range claimed {
+		ctx, cancel := context.WithCancelCause(base)
+		s.inflight[c.ID] = &flight{req: c, cancel: cancel}
+		attempts[i] = attempt{ctx: ctx, cancel: cancel, req: c}
+	}
+	inflight := len(s.inflight)
+	s.mu.Unlock()
+	for ; s.workers < inflight; s.workers++ {
+		s.attempts.Go(s.worker)
+	}
+	for _, a := range attempts {
+		s.work <- a // never blocks: work has room for every request in flight
+	}
+	if m := s.p.metrics; m != nil {
+		for _, c := range claimed {
 			m.QueueWait.Observe(max(c.ClaimedAt.Sub(c.DueAt), 0).Seconds())
 		}
-		ctx, cancel := context.WithCancelCause(base)
-		s.mu.Lock()
-		s.inflight[c.ID] = &flight{req: c, cancel: cancel}
-		s.mu.Unlock()
-		s.attempts.Go(func() {
-			defer cancel(nil)
-			began := time.Now()
-			r := s.p.call(ctx, c)
-			if m := s.p.metrics; m != nil && r.kind != resultStopped {
-				m.Attempts.WithLabelValues(r.label()).Inc()
-				m.InferenceDuration.Observe(time.Since(began).Seconds())
-			}
-			s.finish(finished{req: c, result: r, outcome: s.p.decide(c, r)})
-		})
+	}
+}
+
+// worker runs attempts until the claiming stops.
+func (s *session) worker() {
+	for a := range s.work {
+		c := a.req
+		began := time.Now()
+		r := s.p.call(a.ctx, c)
+		if m := s.p.metrics; m != nil && r.kind != resultStopped {
+			m.Attempts.WithLabelValues(r.label()).Inc()
+			m.InferenceDuration.Observe(time.Since(began).Seconds())
+		}
+		s.finish(finished{req: c, result: r, outcome: s.p.decide(c, r)})
+		a.cancel(nil)
 	}
 }
 
@@ -231,7 +269,7 @@ func (s *session) completeLoop(ctx context.Context) {
 		}
 		for {
 			s.mu.Lock()
-			n := min(len(s.pending), completeBatchMax)
+			n := min(len(s.pending), s.p.completeBatch)
 			batch := s.pending[:n:n]
 			s.pending = s.pending[n:]
 			closed := s.closed
@@ -262,7 +300,9 @@ func (s *session) write(ctx context.Context, batch []finished) bool {
 	for {
 		var err error
 		recorded, err = s.p.db.RequestCompleteBatch(ctx, s.p.id, outcomes)
+		s.p.stats.writes.Add(1)
 		if err == nil {
+			s.p.stats.written.Add(int64(len(outcomes)))
 			break
 		}
 		if ctx.Err() != nil {

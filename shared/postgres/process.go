@@ -23,6 +23,58 @@ import (
 // other claim can add rows between the count and the commit.
 const claimLockKey int64 = 0x61737963_6c61696d // "asycliam"
 
+// claimPlanSettings are the claim transaction's planner settings (local to
+// it). The planner's statistics of async_requests are stale right after a
+// burst: taken when the queue was empty, they say no row is QUEUED or
+// IN_PROGRESS, so every partial index on state looks equally empty and
+// the planner may scan async_requests_active_org_idx or
+// async_requests_queued_deadline_idx (every active row, of every
+// deployment) and sort, instead of reading the first rows of
+// async_requests_queued_idx in order. Ruling out sorts leaves the
+// ordered indexes as the only plan for the per-deployment probes, and
+// ruling out sequential scans keeps the lookups by id on the primary key
+// (see byKeySettings). JIT is off because the penalty that rules sorting
+// out (the cross-deployment sort can't be avoided) would otherwise make
+// every claim look expensive enough to compile.
+const claimPlanSettings = `set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true),
+	set_config('jit', 'off', true)`
+
+// byKeySettings are the planner settings (local to the transaction) of the
+// statements that find a batch of requests by id. Their cost must follow
+// the batch: as long as the table is small next to the batch, or its
+// statistics predate the running requests, a sequential scan, reading
+// every finished row, can look as cheap as the lookups.
+const byKeySettings = `SELECT set_config('enable_seqscan', 'off', true)`
+
+// batchSender sends batches: a pool (each batch its own transaction) or a
+// transaction.
+type batchSender interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// queryByKey runs sql, which finds its rows by primary key, under
+// byKeySettings, and collects its rows.
+func queryByKey[T any](ctx context.Context, q batchSender, fn pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+	batch := &pgx.Batch{}
+	batch.Queue(byKeySettings)
+	batch.Queue(sql, args...)
+	br := q.SendBatch(ctx, batch)
+	got, err := func() ([]T, error) {
+		if _, err := br.Exec(); err != nil {
+			return nil, err
+		}
+		rows, err := br.Query()
+		if err != nil {
+			return nil, err
+		}
+		return pgx.CollectRows(rows, fn)
+	}()
+	if closeErr := br.Close(); err == nil {
+		err = closeErr
+	}
+	return got, err
+}
+
 // RetryDelay is how long a request waits after its failed attempt number
 // attempt (1-based): initial * 2^(attempt-1), capped at max. With the API's
 // defaults (1 s, 5 s) the schedule is 1 s, 2 s, 4 s, 5 s, 5 s, ...; an
@@ -84,6 +136,10 @@ type RequestClaimParams struct {
 // short transaction. Rows locked by a concurrent cancel are skipped, and the
 // state is checked again under the row lock, so a cancel and a claim of the
 // same request never both win.
+//
+// Its cost follows the batch and the number of deployments, never the
+// number of queued, running or finished rows, whatever the planner's
+// statistics say: see claimPlanSettings.
 func (db *DB) RequestClaimBatch(ctx context.Context, p RequestClaimParams) ([]ClaimedRequest, error) {
 	if p.Limit < 1 {
 		return nil, nil
@@ -94,17 +150,18 @@ func (db *DB) RequestClaimBatch(ctx context.Context, p RequestClaimParams) ([]Cl
 	// A claim lost in a database crash leaves its rows QUEUED, to be claimed
 	// again, so it need not wait for its commit to be flushed.
 	batch := &pgx.Batch{}
-	batch.Queue(`SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true)`, claimLockKey)
-	// picked: per deployment, its first free-slot-many due requests
-	// from async_requests_queued_idx (free slots counted through
-	// async_requests_in_progress_idx), then the best Limit of all. Every
-	// deployment is probed by index, so the cost follows the number of
-	// deployments and the batch, never the length of the queue.
+	batch.Queue(`SELECT pg_advisory_xact_lock($1), set_config('synchronous_commit', 'off', true), `+claimPlanSettings,
+		claimLockKey)
+	// picked: per deployment, its first free-slot-many due requests in
+	// the order of async_requests_queued_idx, its free slots counted in
+	// the order of async_requests_in_progress_idx (up to max_concurrency:
+	// beyond that none is free anyway), then the best Limit of all. With
+	// sorting ruled out, those two indexes are the only way to produce
+	// the rows in order, so every deployment is probed by index.
 	// locked: the picked rows by primary key, skipping those a cancel
 	// holds. The state is checked on the row as locked (its newest
 	// version), and outside the lookup's WHERE, so that the planner
-	// can't trade the primary key for a scan of the queued index when
-	// its statistics are stale, as they are after a burst of submits.
+	// can't trade the primary key for a scan of a partial index on state.
 	batch.Queue(`
 		WITH picked AS (
 			SELECT q.id FROM deployments d
@@ -114,8 +171,11 @@ func (db *DB) RequestClaimBatch(ctx context.Context, p RequestClaimParams) ([]Cl
 					AND q.due_at <= now() AND q.deadline_at > now()
 				ORDER BY q.priority, q.due_at, q.id
 				LIMIT least($2, greatest(0, d.max_concurrency - (
-					SELECT count(*) FROM async_requests ip
-					WHERE ip.deployment_id = d.id AND ip.state = 'IN_PROGRESS')))
+					SELECT count(*) FROM (
+						SELECT FROM async_requests ip
+						WHERE ip.deployment_id = d.id AND ip.state = 'IN_PROGRESS'
+						ORDER BY ip.lease_expires_at
+						LIMIT d.max_concurrency) running)))
 			) q
 			ORDER BY q.priority, q.due_at, q.id
 			LIMIT $2
@@ -175,19 +235,17 @@ func collectClaimed(br pgx.BatchResults) ([]ClaimedRequest, error) {
 
 // RequestLeaseRenew extends the leases Owner holds on ids by duration and
 // returns the ids it still holds; the others were reclaimed or finished, and
-// their outcomes will not be recorded.
+// their outcomes will not be recorded. Holding the lease means being
+// IN_PROGRESS (see completeAttempts); the rows are found by primary key
+// (byKeySettings).
 func (db *DB) RequestLeaseRenew(ctx context.Context, owner string, ids []requestid.ID, duration time.Duration) ([]requestid.ID, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	rows, err := db.Pool.Query(ctx, `
+	held, err := queryByKey(ctx, db.Pool, pgx.RowTo[requestid.ID], `
 		UPDATE async_requests SET lease_expires_at = now() + make_interval(secs => $3)
-		WHERE id = ANY($1) AND state = 'IN_PROGRESS' AND lease_owner = $2
+		WHERE id = ANY($1) AND lease_owner = $2
 		RETURNING id`, ids, owner, duration.Seconds())
-	if err != nil {
-		return nil, fmt.Errorf("renew leases: %w", err)
-	}
-	held, err := pgx.CollectRows(rows, pgx.RowTo[requestid.ID])
 	if err != nil {
 		return nil, fmt.Errorf("renew leases: %w", err)
 	}
@@ -248,7 +306,16 @@ func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes [
 // wake-ups the new states call for (delivered on commit): the deliverers'
 // when a webhook was queued, the processors' when a request is due again
 // at once.
-func (db *DB) completeAttempts(ctx context.Context, q querier, owners []string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
+//
+// A request has a lease owner exactly while it is IN_PROGRESS: the claim
+// sets both, and every way out of IN_PROGRESS (this statement, for
+// outcomes, hand-backs and reclaims alike) clears the owner. So matching
+// the owner is matching the state, and the statement says nothing more
+// about state: a constant state condition would let the planner, misled by
+// statistics taken when nothing was running, scan a partial index on state
+// (every running or queued row) instead of looking the batch up by primary
+// key; byKeySettings rule out the sequential scan.
+func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
 	n := len(outcomes)
 	ids := make([]requestid.ID, n)
 	states := make([]string, n)
@@ -269,7 +336,7 @@ func (db *DB) completeAttempts(ctx context.Context, q querier, owners []string, 
 			errs[i] = string(b)
 		}
 	}
-	rows, err := q.Query(ctx, `
+	return queryByKey(ctx, q, scanRecorded, `
 		WITH o AS (
 			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[])
 				AS o(id, owner, state, output, error, delay_s, uncount)
@@ -290,7 +357,7 @@ func (db *DB) completeAttempts(ctx context.Context, q querier, owners []string, 
 				output_expires_at = CASE WHEN o.state <> 'QUEUED' AND r.webhook_state <> 'PENDING'
 					THEN now() + make_interval(secs => $9) END
 			FROM o
-			WHERE r.id = o.id AND r.state = 'IN_PROGRESS' AND r.lease_owner = o.owner
+			WHERE r.id = ANY($1) AND r.id = o.id AND r.lease_owner = o.owner
 			RETURNING r.id, r.state, r.webhook_state, r.due_at <= now() AS due
 		), hooks AS (
 			INSERT INTO webhook_deliveries (request_id, state, due_at)
@@ -305,10 +372,6 @@ func (db *DB) completeAttempts(ctx context.Context, q querier, owners []string, 
 		WHERE (SELECT count(*) FROM wake) >= 0 -- runs wake, once`,
 		ids, owners, states, outputs, errs, delays, uncount,
 		db.statusRetention().Seconds(), db.outputRetention().Seconds(), WebhookWakeChannel, WakeChannel)
-	if err != nil {
-		return nil, err
-	}
-	return pgx.CollectRows(rows, scanRecorded)
 }
 
 func scanRecorded(row pgx.CollectableRow) (RecordedOutcome, error) {
@@ -411,7 +474,10 @@ type ExpiredRequest struct {
 // RequestExpireBatch moves up to limit QUEUED requests whose queue deadline
 // has passed to EXPIRED, keeping the errors seen so far, with the same side
 // effects as any final state: input dropped, retention set, webhook queued.
-// It returns the expired requests.
+// It returns the expired requests. The rows are locked (and their state
+// checked again on the newest version) by the inner query, then updated by
+// primary key: a join the planner could turn inside out, with statistics
+// that predate the queue, would probe the locking query once per queued row.
 func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredRequest, error) {
 	var expired []ExpiredRequest
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
@@ -421,13 +487,13 @@ func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredReque
 					state = 'EXPIRED', status_at = now(), finished_at = now(), input = NULL,
 					purge_at = now() + make_interval(secs => $2),
 					output_expires_at = CASE WHEN r.webhook_state <> 'PENDING' THEN now() + make_interval(secs => $3) END
-				WHERE r.id IN (
+				WHERE r.id = ANY (ARRAY(
 					SELECT id FROM async_requests
 					WHERE state = 'QUEUED' AND deadline_at <= now()
 					ORDER BY deadline_at
 					LIMIT $1
 					FOR UPDATE SKIP LOCKED
-				) AND r.state = 'QUEUED'
+				))
 				RETURNING r.id, r.state, r.webhook_state, r.model_id, r.deployment_id, r.attempts
 			), hooks AS (
 				INSERT INTO webhook_deliveries (request_id, state, due_at)
@@ -468,19 +534,22 @@ type PurgeCounts struct {
 
 // RetentionPurge deletes up to limit request rows past their purge time, clears
 // up to limit outputs past their retention, and deletes up to limit
-// idempotency keys older than IdempotencyWindow.
+// idempotency keys older than IdempotencyWindow, oldest first. The order
+// also keeps the planner on the retention indexes: without it, statistics
+// that predate the finished rows can make a sequential scan of the whole
+// table look cheaper.
 func (db *DB) RetentionPurge(ctx context.Context, limit int) (PurgeCounts, error) {
 	var c PurgeCounts
 	tag, err := db.Pool.Exec(ctx, `
 		DELETE FROM async_requests WHERE id IN (
-			SELECT id FROM async_requests WHERE purge_at < now() LIMIT $1)`, limit)
+			SELECT id FROM async_requests WHERE purge_at < now() ORDER BY purge_at LIMIT $1)`, limit)
 	if err != nil {
 		return c, fmt.Errorf("purge requests: %w", err)
 	}
 	c.Requests = tag.RowsAffected()
 	tag, err = db.Pool.Exec(ctx, `
 		UPDATE async_requests SET output = NULL, output_expires_at = NULL WHERE id IN (
-			SELECT id FROM async_requests WHERE output_expires_at < now() LIMIT $1)`, limit)
+			SELECT id FROM async_requests WHERE output_expires_at < now() ORDER BY output_expires_at LIMIT $1)`, limit)
 	if err != nil {
 		return c, fmt.Errorf("purge outputs: %w", err)
 	}
@@ -488,7 +557,7 @@ func (db *DB) RetentionPurge(ctx context.Context, limit int) (PurgeCounts, error
 	tag, err = db.Pool.Exec(ctx, `
 		DELETE FROM idempotency_keys WHERE (organization_id, key) IN (
 			SELECT organization_id, key FROM idempotency_keys
-			WHERE created_at < now() - make_interval(secs => $2) LIMIT $1)`, limit, IdempotencyWindow.Seconds())
+			WHERE created_at < now() - make_interval(secs => $2) ORDER BY created_at LIMIT $1)`, limit, IdempotencyWindow.Seconds())
 	if err != nil {
 		return c, fmt.Errorf("purge idempotency keys: %w", err)
 	}

@@ -280,3 +280,129 @@ func TestRequestLeaseRenew(t *testing.T) {
 		t.Fatalf("renew by another processor: %v, %v", err, held)
 	}
 }
+
+// TestHotPathAfterBurst runs the processor's queries right after a burst:
+// the planner's statistics were taken when nothing was queued or running
+// (every partial index on state empty), and the table holds many queued and
+// many finished rows. Every query must reach its rows through the index
+// meant for it: no sequential scan, and no scan of every queued or running
+// row through another partial index on state.
+func TestHotPathAfterBurst(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	// One connection, so that its statistics reach the server together.
+	db, err := postgres.Open(ctx, pgtest.URL(t), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Close)
+	org, err := db.OrganizationEnsure(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.ModelCreate(ctx, postgres.Model{ID: "m1", OrganizationID: org.ID, Kind: postgres.KindModel}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeploymentCreate(ctx, org.ID, postgres.Deployment{ID: "d1", ModelID: "m1", URL: "http://model.invalid", MaxConcurrency: 10000}); err != nil {
+		t.Fatal(err)
+	}
+	const rows, batch = 3000, 50
+	insert := func(state postgres.RequestState) {
+		t.Helper()
+		_, err := db.Pool.Exec(ctx, `
+			INSERT INTO async_requests (id, organization_id, model_id, is_chain, deployment_id, state,
+				webhook_state, priority, due_at, deadline_at, max_attempts, initial_delay_ms, max_delay_ms,
+				input, created_at, status_at, finished_at, purge_at)
+			SELECT gen_random_uuid(), $1, 'm1', false, 'd1', $2, 'NO_WEBHOOK_PROVIDED', 0,
+				now(), now() + interval '1 hour', 3, 1000, 5000, '{}', now(), now(),
+				CASE WHEN $2 <> 'QUEUED' THEN now() END, CASE WHEN $2 <> 'QUEUED' THEN now() + interval '1 day' END
+			FROM generate_series(1, $3)`, org.ID, string(state), rows)
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	insert(postgres.StateSucceeded)
+	if _, err := db.Pool.Exec(ctx, `VACUUM ANALYZE async_requests`); err != nil {
+		t.Fatal(err)
+	}
+	insert(postgres.StateQueued)
+
+	claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: batch, LeaseDuration: time.Minute})
+	if err != nil || len(claimed) != batch {
+		t.Fatalf("claim: %v, %d claimed", err, len(claimed))
+	}
+	ids := make([]requestid.ID, len(claimed))
+	outcomes := make([]postgres.AttemptOutcome, len(claimed))
+	for i, c := range claimed {
+		ids[i] = c.ID
+		outcomes[i] = postgres.AttemptOutcome{ID: c.ID, State: postgres.StateSucceeded, Output: []byte(`{}`)}
+	}
+	if held, err := db.RequestLeaseRenew(ctx, "p", ids, time.Minute); err != nil || len(held) != batch {
+		t.Fatalf("renew: %v, %d held", err, len(held))
+	}
+	if rec, err := db.RequestCompleteBatch(ctx, "p", outcomes); err != nil || len(rec) != batch {
+		t.Fatalf("complete: %v, %d recorded", err, len(rec))
+	}
+	if _, err := db.RequestExpireBatch(ctx, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RetentionPurge(ctx, 1000); err != nil {
+		t.Fatal(err)
+	}
+	// A scan of webhook_secrets marks the end: once the server counts it,
+	// it counts everything before it.
+	if _, err := db.Pool.Exec(ctx, `SELECT count(*) FROM webhook_secrets`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var marked int64
+		if err := db.Pool.QueryRow(ctx, `SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'webhook_secrets'`).Scan(&marked); err != nil {
+			t.Fatal(err)
+		}
+		if marked > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server never counted the statements")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	var seqRead int64
+	if err := db.Pool.QueryRow(ctx, `SELECT seq_tup_read FROM pg_stat_user_tables WHERE relname = 'async_requests'`).Scan(&seqRead); err != nil {
+		t.Fatal(err)
+	}
+	if seqRead != 0 {
+		t.Errorf("sequential scans read %d rows of async_requests, want none", seqRead)
+	}
+	rowsRead, err := db.Pool.Query(ctx, `SELECT indexrelname, idx_tup_read FROM pg_stat_user_indexes WHERE relname = 'async_requests'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := map[string]int64{}
+	var total int64
+	for rowsRead.Next() {
+		var name string
+		var n int64
+		if err := rowsRead.Scan(&name, &n); err != nil {
+			t.Fatal(err)
+		}
+		read[name], total = n, total+n
+	}
+	if err := rowsRead.Err(); err != nil {
+		t.Fatal(err)
+	}
+	// The claim reads the batch from the queued index and the running
+	// requests from the in-progress index, and each query looks the batch up
+	// by primary key: a few times the batch in all, where a scan of the
+	// queue or of the finished rows alone would read thousands.
+	if total > 10*batch {
+		t.Errorf("index scans read %d entries for a batch of %d: %v", total, batch, read)
+	}
+	for _, idx := range []string{"async_requests_active_org_idx", "async_requests_queued_deadline_idx"} {
+		if read[idx] != 0 {
+			t.Errorf("%s: %d entries read, want none", idx, read[idx])
+		}
+	}
+}

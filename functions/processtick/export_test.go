@@ -1,0 +1,26 @@
+package processtick
+
+// SetBatchLimits caps the requests per claim and per completion statement
+// of p; zero keeps the default.
+func SetBatchLimits(p *Processor, claim, complete int) {
+	if claim > 0 {
+		p.claimBatch = claim
+	}
+	if complete > 0 {
+		p.completeBatch = complete
+	}
+}
+
+// Stats counts p's claim and completion statements and the rows they
+// carried, over its whole life.
+type Stats struct {
+	Claims, Claimed, Writes, Written int64
+}
+
+// StatementStats returns p's statement counts.
+func StatementStats(p *Processor) Stats {
+	return Stats{
+		Claims: p.stats.claims.Load(), Claimed: p.stats.claimed.Load(),
+		Writes: p.stats.writes.Load(), Written: p.stats.written.Load(),
+	}
+}
