@@ -184,18 +184,20 @@ func defaultID() string {
 // TickResult counts what one Tick did.
 type TickResult struct {
 	// Claimed is how many deliveries were attempted.
-	Claimed int
+	Claimed int `json:"claimed"`
 	// Succeeded, Retried and Failed count the attempts' outcomes.
-	Succeeded, Retried, Failed int
+	Succeeded int `json:"succeeded"`
+	Retried   int `json:"retried"`
+	Failed    int `json:"failed"`
 	// HandedBack counts deliveries released unfinished when the tick's
 	// context ended.
-	HandedBack int
+	HandedBack int `json:"handed_back"`
 	// Reclaimed counts deliveries of dead deliverers made due again.
-	Reclaimed int
+	Reclaimed int `json:"reclaimed"`
 	// Lost counts outcomes that could not be recorded because the lease
 	// had passed to another deliverer (or the database was unreachable);
 	// those webhooks are sent again.
-	Lost int
+	Lost int `json:"lost"`
 }
 
 // counters is TickResult, updated by concurrent deliveries.

@@ -148,17 +148,17 @@ func (p *Processor) ID() string { return p.id }
 // TickResult counts what one Tick (or Run) did.
 type TickResult struct {
 	// Claimed is the number of attempts started.
-	Claimed int
+	Claimed int `json:"claimed"`
 	// Recorded is the number of attempt outcomes written, hand-backs
 	// included.
-	Recorded int
+	Recorded int `json:"recorded"`
 	// HandedBack is the number of unfinished requests returned to QUEUED
 	// with the attempt not counted, because the run stopped.
-	HandedBack int
+	HandedBack int `json:"handed_back"`
 	// Reclaimed is the number of other processors' lost requests recovered.
-	Reclaimed int
+	Reclaimed int `json:"reclaimed"`
 	// Expired is the number of requests moved to EXPIRED.
-	Expired int
+	Expired int `json:"expired"`
 }
 
 // Tick is one bounded run, for a scheduled function: it sweeps, then claims
