@@ -24,6 +24,7 @@ import (
 
 	"github.com/openasync/asyncrequest/functions/deliverwebhook"
 	"github.com/openasync/asyncrequest/functions/processtick"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -344,7 +345,7 @@ func findRIE(t *testing.T) string {
 // for the local architecture, starts it under the emulator with env, and
 // returns its invocation URL. The emulator and the function are killed when
 // the test ends.
-func startFunction(t *testing.T, rie, dir, name string, env []string) (string, *syncBuffer) {
+func startFunction(t *testing.T, rie, dir, name string, env []string) (string, *apitest.Buffer) {
 	t.Helper()
 	bin := filepath.Join(dir, name, "bootstrap")
 	build := exec.Command("go", "build", "-tags", "lambda.norpc", "-trimpath", "-o", bin, rieModule+name+"/lambda")
@@ -357,7 +358,7 @@ func startFunction(t *testing.T, rie, dir, name string, env []string) (string, *
 	cmd := exec.Command(rie, "--runtime-api-address", apiAddr, "--runtime-interface-emulator-address", rieAddr, bin)
 	cmd.Dir = filepath.Dir(bin)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir}, env...)
-	logs := &syncBuffer{}
+	logs := &apitest.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	// Its own process group, so that the function the emulator starts is
 	// killed with it; and killed if this test process dies first.
@@ -446,22 +447,4 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return "127.0.0.1:" + strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-}
-
-// syncBuffer collects a process's output for the test log.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -17,7 +17,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/localdev"
 	"github.com/openasync/asyncrequest/localdev/examplemodel"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/webhook"
@@ -54,7 +54,7 @@ func buildAsyncdev(t *testing.T) string {
 type process struct {
 	name           string
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *apitest.Buffer
 	exited         chan struct{}
 	exitErr        error
 }
@@ -67,8 +67,8 @@ func startAsyncdev(t *testing.T, bin, command string, env []string, ready func(*
 	p := &process{
 		name:   "asyncdev " + command,
 		cmd:    exec.Command(bin, command),
-		stdout: &syncBuffer{},
-		stderr: &syncBuffer{},
+		stdout: &apitest.Buffer{},
+		stderr: &apitest.Buffer{},
 		exited: make(chan struct{}),
 	}
 	p.cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
@@ -537,22 +537,4 @@ func freePorts(t *testing.T, n int) []string {
 		ports = append(ports, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 	}
 	return ports
-}
-
-// syncBuffer collects a process's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -7,7 +7,6 @@ import (
 	"net/http/httptest"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,6 +17,7 @@ import (
 	"github.com/openasync/asyncrequest/functions/submit"
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -26,38 +26,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// form is one way of naming the model: the Host header or a path prefix.
-type form struct {
-	name string
-	url  func(kind, id, path string) (host, fullPath string)
-}
-
-var forms = []form{
-	{"Host", func(kind, id, path string) (string, string) { return kind + "-" + id + ".api.example.com", path }},
-	{"PathPrefix", func(kind, id, path string) (string, string) { return "api.example.com", "/" + kind + "s/" + id + path }},
-}
-
 type bundle struct {
 	db       *postgres.DB
 	h        http.Handler
-	clock    *clock
+	clock    *apitest.Clock
 	key      string // acme's
 	otherKey string // other's
 	acme     int64
@@ -95,7 +67,7 @@ func setup(t *testing.T, opts ...func(*status.Options)) bundle {
 	otherKey, other := seed("other", []postgres.Model{{ID: "om", Kind: postgres.KindModel}},
 		[]postgres.Deployment{{ID: "om-a", ModelID: "om", Environments: []string{"production"}}})
 
-	c := &clock{t: time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC)}
+	c := apitest.NewClock(time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC))
 	o := status.Options{DB: db, Now: c.Now}
 	for _, f := range opts {
 		f(&o)
@@ -164,35 +136,6 @@ func decode(t *testing.T, rec *httptest.ResponseRecorder, status int) map[string
 	return m
 }
 
-// checkError asserts the API's error answer: status, exactly
-// {"error": {"code", "message"[, "field"]}} with code and field as given.
-func checkError(t *testing.T, rec *httptest.ResponseRecorder, status int, code, field string) {
-	t.Helper()
-	if rec.Code != status {
-		t.Fatalf("status = %d, want %d; body %s", rec.Code, status, rec.Body)
-	}
-	var outer map[string]map[string]any
-	if err := json.Unmarshal(rec.Body.Bytes(), &outer); err != nil || len(outer) != 1 || outer["error"] == nil {
-		t.Fatalf("body %s is not {\"error\": {...}}", rec.Body)
-	}
-	e := outer["error"]
-	for k := range e {
-		if k != "code" && k != "message" && k != "field" {
-			t.Errorf("unexpected key %q in %s", k, rec.Body)
-		}
-	}
-	if e["code"] != code {
-		t.Errorf("code = %v, want %q; body %s", e["code"], code, rec.Body)
-	}
-	if msg, _ := e["message"].(string); msg == "" {
-		t.Errorf("empty message: %s", rec.Body)
-	}
-	got, has := e["field"].(string)
-	if got != field || (field == "" && has) {
-		t.Errorf("field = %q, want %q; body %s", got, field, rec.Body)
-	}
-}
-
 func keys(m map[string]any) string {
 	var ks []string
 	for k := range m {
@@ -230,11 +173,11 @@ func TestGet(t *testing.T) {
 		{"Model", "model", "m1", model, "model_id", "NO_WEBHOOK_PROVIDED", 2, 2},
 		{"Chain", "chain", "c1", chain, "chain_id", "PENDING", 0, 0},
 	}
-	for _, f := range append(forms, form{"NoTarget", func(_, _, path string) (string, string) { return "api.example.com", path }}) {
+	for _, f := range append(apitest.Forms, apitest.Form{Name: "NoTarget", URL: func(_, _, path string) (string, string) { return "api.example.com", path }}) {
 		for _, tt := range tests {
-			t.Run(f.name+tt.name, func(t *testing.T) {
+			t.Run(f.Name+tt.name, func(t *testing.T) {
 				t.Parallel()
-				host, path := f.url(tt.kind, tt.id, "/async_request/"+tt.request)
+				host, path := f.URL(tt.kind, tt.id, "/async_request/"+tt.request)
 				m := decode(t, b.do("GET", host, path, ""), http.StatusOK)
 				want := "attempts,created_at,deployment_id,errors," + tt.idKey + ",request_id,status,status_at,webhook_status"
 				if got := keys(m); got != strings.Join(sortStrings(strings.Split(want, ",")), ",") {
@@ -288,7 +231,7 @@ func TestRequestNotFound(t *testing.T) {
 	for _, rt := range routes {
 		t.Run(rt.method+strings.ReplaceAll(rt.suffix, "/", "_"), func(t *testing.T) {
 			ref := b.do(rt.method, "api.example.com", "/async_request/"+missing+rt.suffix, "")
-			checkError(t, ref, http.StatusNotFound, "NOT_FOUND", "")
+			apitest.CheckError(t, ref, http.StatusNotFound, "NOT_FOUND", "")
 			tests := []struct {
 				name, host, path string
 			}{
@@ -353,11 +296,11 @@ func TestCancel(t *testing.T) {
 		return a
 	}
 
-	for _, f := range forms {
-		t.Run(f.name+"Queued", func(t *testing.T) {
+	for _, f := range apitest.Forms {
+		t.Run(f.Name+"Queued", func(t *testing.T) {
 			t.Parallel()
 			id := b.insert(b.acme, "c1", true, "c1-a", "https://hooks.example.com/x")
-			host, path := f.url("chain", "c1", "/async_request/"+id)
+			host, path := f.URL("chain", "c1", "/async_request/"+id)
 			if a := cancel(t, host, path); !a.Canceled || a.RequestID != id {
 				t.Errorf("first cancel %+v, want canceled", a)
 			}
@@ -439,11 +382,11 @@ func TestQueueStatus(t *testing.T) {
 		{"model", "m2", "/production", "m2-a", 0, 0},
 		{"chain", "c1", "/development", "c1-a", 1, 0},
 	}
-	for _, f := range forms {
+	for _, f := range apitest.Forms {
 		for _, tt := range tests {
-			t.Run(f.name+tt.id+strings.ReplaceAll(tt.where, "/", "_"), func(t *testing.T) {
+			t.Run(f.Name+tt.id+strings.ReplaceAll(tt.where, "/", "_"), func(t *testing.T) {
 				t.Parallel()
-				host, path := f.url(tt.kind, tt.id, tt.where+"/async_queue_status")
+				host, path := f.URL(tt.kind, tt.id, tt.where+"/async_queue_status")
 				m := decode(t, b.do("GET", host, path, ""), http.StatusOK)
 				idKey := tt.kind + "_id"
 				if got, want := keys(m), strings.Join(sortStrings([]string{"deployment_id", idKey, "num_in_progress_requests", "num_queued_requests"}), ","); got != want {
@@ -458,7 +401,7 @@ func TestQueueStatus(t *testing.T) {
 	}
 
 	ref := b.do("GET", "model-nope.example.com", "/production/async_queue_status", "")
-	checkError(t, ref, http.StatusNotFound, "NOT_FOUND", "")
+	apitest.CheckError(t, ref, http.StatusNotFound, "NOT_FOUND", "")
 	for _, tt := range []struct{ name, host, path string }{
 		{"AnotherOrgsModel", "model-om.example.com", "/production/async_queue_status"},
 		{"AnotherOrgsDeployment", "api.example.com", "/models/om/deployment/om-a/async_queue_status"},
@@ -476,7 +419,7 @@ func TestQueueStatus(t *testing.T) {
 	}
 	t.Run("NoTarget", func(t *testing.T) {
 		t.Parallel()
-		checkError(t, b.do("GET", "api.example.com", "/production/async_queue_status", ""), http.StatusNotFound, "NOT_FOUND", "")
+		apitest.CheckError(t, b.do("GET", "api.example.com", "/production/async_queue_status", ""), http.StatusNotFound, "NOT_FOUND", "")
 	})
 }
 
@@ -487,10 +430,10 @@ func TestResult(t *testing.T) {
 	t.Run("Succeeded", func(t *testing.T) {
 		t.Parallel()
 		for _, tt := range []struct{ kind, id, deployment string }{{"model", "m1", "m1-a"}, {"chain", "c1", "c1-a"}} {
-			for _, f := range forms {
+			for _, f := range apitest.Forms {
 				id := b.insert(b.acme, tt.id, tt.kind == "chain", tt.deployment, "")
 				b.exec(id, `UPDATE async_requests SET state = 'SUCCEEDED', output = '{"output": [1, "two"]}' WHERE id = $1`)
-				host, path := f.url(tt.kind, tt.id, "/async_request/"+id+"/result")
+				host, path := f.URL(tt.kind, tt.id, "/async_request/"+id+"/result")
 				rec := b.do("GET", host, path, "")
 				m := decode(t, rec, http.StatusOK)
 				want := strings.Join(sortStrings([]string{"deployment_id", tt.kind + "_id", "output", "request_id", "status"}), ",")
@@ -533,7 +476,7 @@ func TestResult(t *testing.T) {
 				}
 				return
 			}
-			checkError(t, rec, tt.status, tt.code, "")
+			apitest.CheckError(t, rec, tt.status, tt.code, "")
 		})
 	}
 }
@@ -563,11 +506,11 @@ func TestRedeliver(t *testing.T) {
 		if _, err := conn.Exec(ctx, `LISTEN `+postgres.WebhookWakeChannel); err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range forms {
+		for _, f := range apitest.Forms {
 			id := b.insert(b.acme, "c1", true, "c1-a", "https://hooks.example.com/x")
 			b.exec(id, `UPDATE async_requests SET state = 'SUCCEEDED', webhook_state = 'SUCCEEDED', output = '1',
 				output_expires_at = now() + interval '1 hour' WHERE id = $1`)
-			host, path := f.url("chain", "c1", "/async_request/"+id+"/webhook")
+			host, path := f.URL("chain", "c1", "/async_request/"+id+"/webhook")
 			m := decode(t, b.do("POST", host, path, ""), http.StatusAccepted)
 			if m["request_id"] != id {
 				t.Errorf("body %v", m)
@@ -634,7 +577,7 @@ func TestRedeliver(t *testing.T) {
 			id := b.insert(b.acme, "m1", false, "m1-a", tt.webhook)
 			b.exec(id, tt.sql)
 			before := b.row(id)
-			checkError(t, b.do("POST", "api.example.com", "/models/m1/async_request/"+id+"/webhook", ""), http.StatusConflict, tt.code, "")
+			apitest.CheckError(t, b.do("POST", "api.example.com", "/models/m1/async_request/"+id+"/webhook", ""), http.StatusConflict, tt.code, "")
 			if n := deliveries(t, id); n != 0 {
 				t.Errorf("%d deliveries queued by a refusal", n)
 			}
@@ -671,7 +614,7 @@ func TestStatusAuth(t *testing.T) {
 				decode(t, rec, 200)
 				return
 			}
-			checkError(t, rec, tt.status, "UNAUTHORIZED", "")
+			apitest.CheckError(t, rec, tt.status, "UNAUTHORIZED", "")
 		})
 	}
 }
@@ -699,7 +642,7 @@ func TestUnknownRoutes(t *testing.T) {
 			r.URL.Path, r.Host = tt.path, tt.host // no credentials: routing answers first
 			rec := httptest.NewRecorder()
 			b.h.ServeHTTP(rec, r)
-			checkError(t, rec, tt.status, tt.code, "")
+			apitest.CheckError(t, rec, tt.status, tt.code, "")
 			if got := rec.Header().Get("Allow"); got != tt.allow {
 				t.Errorf("Allow = %q, want %q", got, tt.allow)
 			}
@@ -715,7 +658,7 @@ func TestReadRateLimit(t *testing.T) {
 		decode(t, b.do("GET", "api.example.com", "/async_request/"+id, ""), 200)
 	}
 	rec := b.do("DELETE", "api.example.com", "/async_request/"+id, "")
-	checkError(t, rec, http.StatusTooManyRequests, "RATE_LIMITED", "")
+	apitest.CheckError(t, rec, http.StatusTooManyRequests, "RATE_LIMITED", "")
 	if rec.Header().Get("Retry-After") != "1" {
 		t.Errorf("Retry-After = %q", rec.Header().Get("Retry-After"))
 	}
@@ -723,7 +666,7 @@ func TestReadRateLimit(t *testing.T) {
 		t.Errorf("a limited cancel canceled: %s", r.State)
 	}
 	// Another organization has its own bucket.
-	checkError(t, b.do("GET", "api.example.com", "/async_request/"+id, b.otherKey), http.StatusNotFound, "NOT_FOUND", "")
+	apitest.CheckError(t, b.do("GET", "api.example.com", "/async_request/"+id, b.otherKey), http.StatusNotFound, "NOT_FOUND", "")
 	b.clock.Advance(time.Second)
 	decode(t, b.do("GET", "api.example.com", "/async_request/"+id, ""), 200)
 }
@@ -740,7 +683,7 @@ func TestStatusDatabaseUnavailable(t *testing.T) {
 	r.Header.Set("Authorization", "Bearer "+postgres.NewAPIKey())
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, r)
-	checkError(t, rec, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE", "")
+	apitest.CheckError(t, rec, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE", "")
 	if rec.Header().Get("Retry-After") == "" {
 		t.Error("no Retry-After")
 	}
@@ -760,25 +703,25 @@ func TestMux(t *testing.T) {
 		mux.ServeHTTP(rec, r)
 		return rec
 	}
-	for _, f := range forms {
-		t.Run(f.name, func(t *testing.T) {
-			host, path := f.url("model", "m1", "/development/async_predict")
+	for _, f := range apitest.Forms {
+		t.Run(f.Name, func(t *testing.T) {
+			host, path := f.URL("model", "m1", "/development/async_predict")
 			m := decode(t, do("POST", host, path, `{"model_input": "hi"}`), http.StatusCreated)
 			id, _ := m["request_id"].(string)
-			host, path = f.url("model", "m1", "/async_request/"+id)
+			host, path = f.URL("model", "m1", "/async_request/"+id)
 			if m := decode(t, do("GET", host, path, ""), 200); m["status"] != "QUEUED" || m["deployment_id"] != "m1-b" {
 				t.Errorf("status %v", m)
 			}
-			host, path = f.url("model", "m1", "/development/async_queue_status")
+			host, path = f.URL("model", "m1", "/development/async_queue_status")
 			if m := decode(t, do("GET", host, path, ""), 200); m["num_queued_requests"] != 1.0 {
 				t.Errorf("queue status %v", m)
 			}
-			host, path = f.url("model", "m1", "/async_request/"+id)
+			host, path = f.URL("model", "m1", "/async_request/"+id)
 			if m := decode(t, do("DELETE", host, path, ""), 200); m["canceled"] != true {
 				t.Errorf("cancel %v", m)
 			}
-			host, path = f.url("model", "m1", "/production/async_predict")
-			checkError(t, do("PATCH", host, path, ""), http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "")
+			host, path = f.URL("model", "m1", "/production/async_predict")
+			apitest.CheckError(t, do("PATCH", host, path, ""), http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "")
 		})
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/openasync/asyncrequest/functions/submit"
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -25,41 +26,10 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// clock is a settable clock for the handler's caches and limiter.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// form is one way of naming the model: the Host header or a path prefix.
-type form struct {
-	name string
-	// url returns the Host and path for kind ("model" or "chain"), id and
-	// the route's path.
-	url func(kind, id, path string) (host, fullPath string)
-}
-
-var forms = []form{
-	{"Host", func(kind, id, path string) (string, string) { return kind + "-" + id + ".api.example.com", path }},
-	{"PathPrefix", func(kind, id, path string) (string, string) { return "api.example.com", "/" + kind + "s/" + id + path }},
-}
-
 type bundle struct {
 	db      *postgres.DB
 	h       http.Handler
-	clock   *clock
+	clock   *apitest.Clock
 	key     string // organization acme's
 	otherKy string // organization other's
 	spans   *tracetest.SpanRecorder
@@ -98,7 +68,7 @@ func setup(t *testing.T, opts ...func(*submit.Options)) bundle {
 	otherKey, _ := seed("other", []postgres.Model{{ID: "om", Kind: postgres.KindModel}},
 		[]postgres.Deployment{{ID: "om-a", ModelID: "om", Environments: []string{"production"}}})
 
-	c := &clock{t: time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC)}
+	c := apitest.NewClock(time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC))
 	spans := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
 	metrics := telemetry.NewMetrics(prometheus.NewRegistry())
@@ -162,35 +132,6 @@ func created(t *testing.T, rec *httptest.ResponseRecorder) string {
 	return id
 }
 
-// checkError asserts the API's error answer: status, exactly
-// {"error": {"code", "message"[, "field"]}} with code and field as given.
-func checkError(t *testing.T, rec *httptest.ResponseRecorder, status int, code, field string) {
-	t.Helper()
-	if rec.Code != status {
-		t.Fatalf("status = %d, want %d; body %s", rec.Code, status, rec.Body)
-	}
-	var outer map[string]map[string]any
-	if err := json.Unmarshal(rec.Body.Bytes(), &outer); err != nil || len(outer) != 1 || outer["error"] == nil {
-		t.Fatalf("body %s is not {\"error\": {...}}", rec.Body)
-	}
-	e := outer["error"]
-	for k := range e {
-		if k != "code" && k != "message" && k != "field" {
-			t.Errorf("unexpected key %q in %s", k, rec.Body)
-		}
-	}
-	if e["code"] != code {
-		t.Errorf("code = %v, want %q; body %s", e["code"], code, rec.Body)
-	}
-	if msg, _ := e["message"].(string); msg == "" {
-		t.Errorf("empty message: %s", rec.Body)
-	}
-	got, has := e["field"].(string)
-	if got != field || (field == "" && has) {
-		t.Errorf("field = %q, want %q; body %s", got, field, rec.Body)
-	}
-}
-
 func counterValue(t *testing.T, c prometheus.Counter) float64 {
 	t.Helper()
 	var m dto.Metric
@@ -217,11 +158,11 @@ func TestSubmitRoutes(t *testing.T) {
 		{"chain", "c1", "/environments/staging/async_run_remote", "c1-a"},
 		{"chain", "c1", "/deployment/c1-b/async_run_remote", "c1-b"},
 	}
-	for _, f := range forms {
+	for _, f := range apitest.Forms {
 		for _, tt := range tests {
-			t.Run(f.name+strings.ReplaceAll(tt.path, "/", "_"), func(t *testing.T) {
+			t.Run(f.Name+strings.ReplaceAll(tt.path, "/", "_"), func(t *testing.T) {
 				t.Parallel()
-				host, path := f.url(tt.kind, tt.id, tt.path)
+				host, path := f.URL(tt.kind, tt.id, tt.path)
 				input := `{"prompt":  "hi", "n": [1, 2.50]}`
 				id := created(t, b.do(http.MethodPost, host, path, `{"model_input": `+input+`}`))
 				r := b.row(id)
@@ -372,7 +313,7 @@ func TestSubmitValidation(t *testing.T) {
 				}
 				return
 			}
-			checkError(t, rec, tt.status, tt.code, tt.field)
+			apitest.CheckError(t, rec, tt.status, tt.code, tt.field)
 			if n := b.rows(); n != 0 {
 				t.Errorf("%d rows written by a %d", n, tt.status)
 			}
@@ -386,7 +327,7 @@ func TestSubmitNotFound(t *testing.T) {
 
 	const body = `{"model_input": 1}`
 	unknownModel := b.do("POST", "model-nope.api.example.com", "/production/async_predict", body)
-	checkError(t, unknownModel, http.StatusNotFound, "NOT_FOUND", "")
+	apitest.CheckError(t, unknownModel, http.StatusNotFound, "NOT_FOUND", "")
 
 	tests := []struct {
 		name       string
@@ -405,13 +346,13 @@ func TestSubmitNotFound(t *testing.T) {
 		{name: "AnotherOrgsDeployment", kind: "model", id: "om", path: "/deployment/om-a/async_predict", sameAsNope: true},
 		{name: "ChainOnModelsPrefix", kind: "model", id: "c1", path: "/production/async_run_remote", sameAsNope: true},
 	}
-	for _, f := range forms {
+	for _, f := range apitest.Forms {
 		for _, tt := range tests {
-			t.Run(f.name+tt.name, func(t *testing.T) {
+			t.Run(f.Name+tt.name, func(t *testing.T) {
 				t.Parallel()
-				host, path := f.url(tt.kind, tt.id, tt.path)
+				host, path := f.URL(tt.kind, tt.id, tt.path)
 				rec := b.do("POST", host, path, body)
-				checkError(t, rec, http.StatusNotFound, "NOT_FOUND", "")
+				apitest.CheckError(t, rec, http.StatusNotFound, "NOT_FOUND", "")
 				if tt.sameAsNope && rec.Body.String() != unknownModel.Body.String() {
 					t.Errorf("body %s differs from an unknown model's %s", rec.Body, unknownModel.Body)
 				}
@@ -421,16 +362,16 @@ func TestSubmitNotFound(t *testing.T) {
 
 	t.Run("NoModel", func(t *testing.T) {
 		t.Parallel()
-		checkError(t, b.do("POST", "api.example.com", "/production/async_predict", body), http.StatusNotFound, "NOT_FOUND", "")
+		apitest.CheckError(t, b.do("POST", "api.example.com", "/production/async_predict", body), http.StatusNotFound, "NOT_FOUND", "")
 	})
 	t.Run("UnknownPath", func(t *testing.T) {
 		t.Parallel()
-		checkError(t, b.do("POST", "model-m1.api.example.com", "/production/async_predictx", body), http.StatusNotFound, "NOT_FOUND", "")
+		apitest.CheckError(t, b.do("POST", "model-m1.api.example.com", "/production/async_predictx", body), http.StatusNotFound, "NOT_FOUND", "")
 	})
 	t.Run("WrongMethod", func(t *testing.T) {
 		t.Parallel()
 		rec := b.do("GET", "model-m1.api.example.com", "/production/async_predict", "")
-		checkError(t, rec, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "")
+		apitest.CheckError(t, rec, http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "")
 		if rec.Header().Get("Allow") != "POST" {
 			t.Errorf("Allow = %q", rec.Header().Get("Allow"))
 		}
@@ -470,7 +411,7 @@ func TestSubmitAuth(t *testing.T) {
 				created(t, rec)
 				return
 			}
-			checkError(t, rec, tt.status, "UNAUTHORIZED", "")
+			apitest.CheckError(t, rec, tt.status, "UNAUTHORIZED", "")
 		})
 	}
 }
@@ -514,11 +455,11 @@ func TestSubmitIdempotency(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		created(t, b.do("POST", host, path, `{"model_input": 1}`, "Idempotency-Key", "k"))
-		checkError(t, b.do("POST", host, path, `{"model_input": 2}`, "Idempotency-Key", "k"),
+		apitest.CheckError(t, b.do("POST", host, path, `{"model_input": 2}`, "Idempotency-Key", "k"),
 			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
-		checkError(t, b.do("POST", "model-m2.api.example.com", path, `{"model_input": 1}`, "Idempotency-Key", "k"),
+		apitest.CheckError(t, b.do("POST", "model-m2.api.example.com", path, `{"model_input": 1}`, "Idempotency-Key", "k"),
 			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
-		checkError(t, b.do("POST", host, "/environments/staging/async_predict", `{"model_input": 1}`, "Idempotency-Key", "k"),
+		apitest.CheckError(t, b.do("POST", host, "/environments/staging/async_predict", `{"model_input": 1}`, "Idempotency-Key", "k"),
 			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
 		if n := b.rows(); n != 1 {
 			t.Errorf("%d rows, want 1", n)
@@ -528,7 +469,7 @@ func TestSubmitIdempotency(t *testing.T) {
 	t.Run("KeyTooLong", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		checkError(t, b.do("POST", host, path, `{"model_input": 1}`, "Idempotency-Key", strings.Repeat("k", 256)),
+		apitest.CheckError(t, b.do("POST", host, path, `{"model_input": 1}`, "Idempotency-Key", strings.Repeat("k", 256)),
 			http.StatusUnprocessableEntity, "INVALID_FIELD", "Idempotency-Key")
 		if n := b.rows(); n != 0 {
 			t.Errorf("%d rows, want 0", n)
@@ -553,7 +494,7 @@ func TestSubmitIdempotency(t *testing.T) {
 			case http.StatusCreated:
 				ids[created(t, rec)] = true
 			case http.StatusConflict:
-				checkError(t, rec, http.StatusConflict, "IDEMPOTENCY_KEY_IN_FLIGHT", "Idempotency-Key")
+				apitest.CheckError(t, rec, http.StatusConflict, "IDEMPOTENCY_KEY_IN_FLIGHT", "Idempotency-Key")
 			default:
 				t.Errorf("status %d: %s", rec.Code, rec.Body)
 			}
@@ -576,7 +517,7 @@ func TestSubmitLimits(t *testing.T) {
 		b := setup(t, func(o *submit.Options) { o.API = config.API{SubmitRate: 1, SubmitBurst: 1} })
 		created(t, b.do("POST", host, path, body))
 		rec := b.do("POST", host, path, body)
-		checkError(t, rec, http.StatusTooManyRequests, "RATE_LIMITED", "")
+		apitest.CheckError(t, rec, http.StatusTooManyRequests, "RATE_LIMITED", "")
 		if rec.Header().Get("Retry-After") != "1" {
 			t.Errorf("Retry-After = %q, want 1", rec.Header().Get("Retry-After"))
 		}
@@ -593,7 +534,7 @@ func TestSubmitLimits(t *testing.T) {
 		first := created(t, b.do("POST", host, path, body))
 		created(t, b.do("POST", host, path, body))
 		rec := b.do("POST", host, path, body)
-		checkError(t, rec, http.StatusTooManyRequests, "TOO_MANY_ACTIVE_REQUESTS", "")
+		apitest.CheckError(t, rec, http.StatusTooManyRequests, "TOO_MANY_ACTIVE_REQUESTS", "")
 		if rec.Header().Get("Retry-After") == "" {
 			t.Error("no Retry-After")
 		}
@@ -618,7 +559,7 @@ func TestSubmitLimits(t *testing.T) {
 		rec := httptest.NewRecorder()
 		other.ServeHTTP(rec, r)
 		created(t, rec)
-		checkError(t, b.do("POST", host, path, body), http.StatusTooManyRequests, "TOO_MANY_ACTIVE_REQUESTS", "")
+		apitest.CheckError(t, b.do("POST", host, path, body), http.StatusTooManyRequests, "TOO_MANY_ACTIVE_REQUESTS", "")
 	})
 }
 
@@ -634,7 +575,7 @@ func TestSubmitDatabaseUnavailable(t *testing.T) {
 	r.Header.Set("Authorization", "Api-Key "+postgres.NewAPIKey())
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, r)
-	checkError(t, rec, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE", "")
+	apitest.CheckError(t, rec, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE", "")
 	if rec.Header().Get("Retry-After") == "" {
 		t.Error("no Retry-After")
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/openasync/asyncrequest/localdev/receiver"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
 
@@ -23,33 +24,15 @@ const (
 	otherSecret = "whsec_dGhpcyBpcyBhbm90aGVyIHNlY3JldCBrZXkhIQ=="
 )
 
-// syncBuffer is a log destination safe for the handler's goroutines.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 type fixture struct {
 	srv  *httptest.Server
 	recv *receiver.Receiver
-	logs *syncBuffer
+	logs *apitest.Buffer
 }
 
 func setup(t *testing.T, o receiver.Options) fixture {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &apitest.Buffer{}
 	o.Logger = slog.New(slog.NewJSONHandler(logs, nil))
 	r := receiver.New(o)
 	srv := httptest.NewServer(r)

@@ -8,11 +8,11 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/safehttp"
@@ -20,61 +20,7 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-// clock is a settable clock for caches and rate limiters.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
-// checkError asserts that rec is the API's error answer: status, exactly
-// {"error": {"code", "message"[, "field"]}}, with code and field as given
-// and a non-empty message.
-func checkError(t *testing.T, rec *httptest.ResponseRecorder, status int, code, field string) {
-	t.Helper()
-	if rec.Code != status {
-		t.Fatalf("status = %d, want %d; body %s", rec.Code, status, rec.Body)
-	}
-	if ct := rec.Header().Get("Content-Type"); ct != "application/json" {
-		t.Errorf("Content-Type = %q, want application/json", ct)
-	}
-	var outer map[string]json.RawMessage
-	if err := json.Unmarshal(rec.Body.Bytes(), &outer); err != nil || len(outer) != 1 || outer["error"] == nil {
-		t.Fatalf("body %s is not {\"error\": {...}}", rec.Body)
-	}
-	var inner map[string]any
-	if err := json.Unmarshal(outer["error"], &inner); err != nil {
-		t.Fatalf("error is not an object: %s", rec.Body)
-	}
-	for k := range inner {
-		if k != "code" && k != "message" && k != "field" {
-			t.Errorf("unexpected key %q in %s", k, rec.Body)
-		}
-	}
-	if inner["code"] != code {
-		t.Errorf("code = %v, want %q; body %s", inner["code"], code, rec.Body)
-	}
-	if msg, _ := inner["message"].(string); msg == "" {
-		t.Errorf("empty message: %s", rec.Body)
-	}
-	gotField, hasField := inner["field"].(string)
-	if gotField != field || (field == "" && hasField) {
-		t.Errorf("field = %q (present %v), want %q; body %s", gotField, hasField, field, rec.Body)
-	}
-}
+func newClock() *apitest.Clock { return apitest.NewClock(time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC)) }
 
 func TestWithTarget(t *testing.T) {
 	t.Parallel()
@@ -128,7 +74,7 @@ func TestWithTarget(t *testing.T) {
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, r)
 			if tt.notFound {
-				checkError(t, rec, http.StatusNotFound, "NOT_FOUND", "")
+				apitest.CheckError(t, rec, http.StatusNotFound, "NOT_FOUND", "")
 				return
 			}
 			g := got()
@@ -199,7 +145,7 @@ func TestDecode(t *testing.T) {
 				t.Fatalf("Decode succeeded, want %d %s", tt.status, tt.code)
 			}
 			httpapi.WriteError(rec, r, nil, err)
-			checkError(t, rec, tt.status, tt.code, tt.field)
+			apitest.CheckError(t, rec, tt.status, tt.code, tt.field)
 		})
 	}
 
@@ -237,7 +183,7 @@ func TestDecode(t *testing.T) {
 					return
 				}
 				httpapi.WriteError(rec, r, nil, err)
-				checkError(t, rec, http.StatusRequestEntityTooLarge, "BODY_TOO_LARGE", "")
+				apitest.CheckError(t, rec, http.StatusRequestEntityTooLarge, "BODY_TOO_LARGE", "")
 			})
 		}
 	})
@@ -273,7 +219,7 @@ func TestWriteError(t *testing.T) {
 			t.Parallel()
 			rec := httptest.NewRecorder()
 			httpapi.WriteError(rec, httptest.NewRequest(http.MethodGet, "/", nil), nil, tt.err)
-			checkError(t, rec, tt.status, tt.code, tt.field)
+			apitest.CheckError(t, rec, tt.status, tt.code, tt.field)
 			if got := rec.Header().Get("Retry-After"); got != tt.retryAfter {
 				t.Errorf("Retry-After = %q, want %q", got, tt.retryAfter)
 			}
@@ -329,7 +275,7 @@ func TestRouter(t *testing.T) {
 				}
 				return
 			}
-			checkError(t, rec, tt.status, tt.code, "")
+			apitest.CheckError(t, rec, tt.status, tt.code, "")
 			if got := rec.Header().Get("Allow"); got != tt.allow {
 				t.Errorf("Allow = %q, want %q", got, tt.allow)
 			}
@@ -374,7 +320,7 @@ func TestAuthenticate(t *testing.T) {
 
 	type bundle struct {
 		db    *postgres.DB
-		clock *clock
+		clock *apitest.Clock
 		key   string
 		orgID int64
 		do    func(authorization string) (*httptest.ResponseRecorder, int64)
@@ -435,7 +381,7 @@ func TestAuthenticate(t *testing.T) {
 					}
 					return
 				}
-				checkError(t, rec, http.StatusUnauthorized, "UNAUTHORIZED", "")
+				apitest.CheckError(t, rec, http.StatusUnauthorized, "UNAUTHORIZED", "")
 				if org != 0 {
 					t.Error("next handler ran")
 				}
@@ -461,7 +407,7 @@ func TestAuthenticate(t *testing.T) {
 		}
 		b.clock.Advance(2 * time.Second)
 		rec, _ := b.do("Api-Key " + b.key)
-		checkError(t, rec, http.StatusUnauthorized, "UNAUTHORIZED", "")
+		apitest.CheckError(t, rec, http.StatusUnauthorized, "UNAUTHORIZED", "")
 	})
 
 	t.Run("DatabaseUnavailable", func(t *testing.T) {
@@ -476,7 +422,7 @@ func TestAuthenticate(t *testing.T) {
 		r.Header.Set("Authorization", "Api-Key "+postgres.NewAPIKey())
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, r)
-		checkError(t, rec, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE", "")
+		apitest.CheckError(t, rec, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE", "")
 		if rec.Header().Get("Retry-After") == "" {
 			t.Error("no Retry-After")
 		}
@@ -486,7 +432,7 @@ func TestAuthenticate(t *testing.T) {
 func TestRateLimit(t *testing.T) {
 	t.Parallel()
 
-	setup := func(t *testing.T) (*clock, func(org int64) *httptest.ResponseRecorder) {
+	setup := func(t *testing.T) (*apitest.Clock, func(org int64) *httptest.ResponseRecorder) {
 		c := newClock()
 		h := httpapi.RateLimit(0.5, 2, c.Now)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
 		return c, func(org int64) *httptest.ResponseRecorder {
@@ -505,7 +451,7 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 	rec := do(1)
-	checkError(t, rec, http.StatusTooManyRequests, "RATE_LIMITED", "")
+	apitest.CheckError(t, rec, http.StatusTooManyRequests, "RATE_LIMITED", "")
 	if got := rec.Header().Get("Retry-After"); got != "2" { // one token per 2 s
 		t.Errorf("Retry-After = %q, want 2", got)
 	}

@@ -2,7 +2,6 @@ package telemetry_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -34,6 +33,7 @@ import (
 	"github.com/openasync/asyncrequest/localdev/receiver"
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/probe"
@@ -431,7 +431,7 @@ type env struct {
 	proc     *processtick.Processor
 	deliver  *deliverwebhook.Deliverer
 	spans    *tracetest.InMemoryExporter
-	logs     *lockedBuffer
+	logs     *apitest.Buffer
 
 	apiKey, wrongKey, secret string
 
@@ -446,7 +446,7 @@ func setup(t *testing.T) *env {
 	t.Helper()
 	ctx := t.Context()
 	pg := pgtest.New(t)
-	e := &env{pg: pg, logs: &lockedBuffer{}, spans: tracetest.NewInMemoryExporter()}
+	e := &env{pg: pg, logs: &apitest.Buffer{}, spans: tracetest.NewInMemoryExporter()}
 
 	log, err := telemetry.NewLogger(e.logs, "json", "debug")
 	if err != nil {
@@ -815,22 +815,4 @@ func (m *recordingModel) calls(traceID string) []modelCall {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return slices.Clone(m.seen[traceID])
-}
-
-// lockedBuffer is a log destination shared by concurrent loggers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
