@@ -7,6 +7,7 @@
 package submit
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/sha256"
@@ -207,21 +208,28 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		defer span.End()
 		r = r.WithContext(ctx)
 
-		if err := s.admit(r, org); err != nil {
-			span.SetStatus(codes.Error, "not admitted")
-			httpapi.WriteError(w, r, s.log, err)
-			return
+		// A submit the organization's cap refuses may still be the retry
+		// of one that was accepted: with an Idempotency-Key it gets its
+		// original answer.
+		var res postgres.RequestInsertResult
+		err = s.admit(r, org)
+		admitted := err == nil
+		switch {
+		case admitted:
+			res, err = s.db.RequestInsert(ctx, params)
+		case idemKey != "":
+			res, err = s.replay(ctx, org, params, err)
 		}
-		res, err := s.db.RequestInsert(ctx, params)
-		if err != nil {
+		if admitted && (err != nil || res.Replayed) {
 			s.release(org)
+		}
+		if err != nil {
 			span.RecordError(err)
-			span.SetStatus(codes.Error, "insert failed")
+			span.SetStatus(codes.Error, "not accepted")
 			httpapi.WriteError(w, r, s.log, err)
 			return
 		}
 		if res.Replayed {
-			s.release(org)
 			span.SetAttributes(attribute.Bool("idempotent_replay", true), attribute.String("original_request_id", res.ID.String()))
 			w.Header().Set("Idempotent-Replayed", "true")
 		} else if s.m != nil {
@@ -332,6 +340,22 @@ func (s *server) admit(r *http.Request, org int64) error {
 	c.n++
 	s.active[org] = c
 	return nil
+}
+
+// replay answers a submit with an Idempotency-Key that admit refused:
+// with the original request when the key was used with the same body,
+// ErrIdempotencyMismatch when with another, and refused otherwise.
+func (s *server) replay(ctx context.Context, org int64, p postgres.RequestInsertParams, refused error) (postgres.RequestInsertResult, error) {
+	id, hash, err := s.db.IdempotencyKeyGet(ctx, org, p.IdempotencyKey)
+	switch {
+	case errors.Is(err, postgres.ErrNotFound):
+		return postgres.RequestInsertResult{}, refused
+	case err != nil:
+		return postgres.RequestInsertResult{}, err
+	case !bytes.Equal(hash, p.BodyHash):
+		return postgres.RequestInsertResult{}, postgres.ErrIdempotencyMismatch
+	}
+	return postgres.RequestInsertResult{ID: id, Replayed: true}, nil
 }
 
 // release undoes admit's increment for a submit that inserted nothing.

@@ -550,6 +550,26 @@ func TestSubmitLimits(t *testing.T) {
 		created(t, b.do("POST", host, path, body))
 	})
 
+	t.Run("ActiveCapReplays", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, func(o *submit.Options) { o.API = config.API{MaxActiveRequests: 1} })
+		first := created(t, b.do("POST", host, path, body, "Idempotency-Key", "k1"))
+		// At the cap: the retry of the accepted submit still gets its answer...
+		rec := b.do("POST", host, path, body, "Idempotency-Key", "k1")
+		if got := created(t, rec); got != first || rec.Header().Get("Idempotent-Replayed") != "true" {
+			t.Errorf("replay at the cap = %s (replayed %q), want %s", got, rec.Header().Get("Idempotent-Replayed"), first)
+		}
+		// ...the same key with another body is still a 422...
+		apitest.CheckError(t, b.do("POST", host, path, `{"model_input": 2}`, "Idempotency-Key", "k1"),
+			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
+		// ...and a new key is refused.
+		apitest.CheckError(t, b.do("POST", host, path, body, "Idempotency-Key", "k2"),
+			http.StatusTooManyRequests, "TOO_MANY_ACTIVE_REQUESTS", "")
+		if n := b.rows(); n != 1 {
+			t.Errorf("%d rows, want 1", n)
+		}
+	})
+
 	t.Run("ActiveCapCountsOtherInstances", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, func(o *submit.Options) { o.API = config.API{MaxActiveRequests: 1} })

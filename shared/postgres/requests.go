@@ -70,9 +70,7 @@ func (db *DB) RequestInsert(ctx context.Context, p RequestInsertParams) (Request
 			}
 			var prevID requestid.ID
 			var prevHash []byte
-			err := tx.QueryRow(ctx, `
-				SELECT request_id, body_hash FROM idempotency_keys
-				WHERE organization_id = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)`,
+			err := tx.QueryRow(ctx, idempotencyKeyGetSQL,
 				p.OrganizationID, p.IdempotencyKey, IdempotencyWindow.Seconds()).Scan(&prevID, &prevHash)
 			switch {
 			case err == nil && !bytes.Equal(prevHash, p.BodyHash):
@@ -115,6 +113,28 @@ func (db *DB) RequestInsert(ctx context.Context, p RequestInsertParams) (Request
 		return RequestInsertResult{}, fmt.Errorf("insert request: %w", err)
 	}
 	return res, nil
+}
+
+const idempotencyKeyGetSQL = `
+	SELECT request_id, body_hash FROM idempotency_keys
+	WHERE organization_id = $1 AND key = $2 AND created_at > now() - make_interval(secs => $3)`
+
+// IdempotencyKeyGet returns the request an organization's idempotency key
+// stands for and the hash of the body it was used with, or ErrNotFound when
+// the key is unknown or older than IdempotencyWindow. The API uses it to
+// replay a submit that it would otherwise refuse (an organization at its
+// cap), so a retried submit gets its original answer.
+func (db *DB) IdempotencyKeyGet(ctx context.Context, organizationID int64, key string) (requestid.ID, []byte, error) {
+	var id requestid.ID
+	var hash []byte
+	err := db.Pool.QueryRow(ctx, idempotencyKeyGetSQL, organizationID, key, IdempotencyWindow.Seconds()).Scan(&id, &hash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return id, nil, ErrNotFound
+	}
+	if err != nil {
+		return id, nil, fmt.Errorf("get idempotency key: %w", err)
+	}
+	return id, hash, nil
 }
 
 // RequestGetByID returns an organization's request, or ErrNotFound (also for
