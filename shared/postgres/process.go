@@ -412,13 +412,33 @@ type LostRequest struct {
 func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest, error) {
 	var lost []LostRequest
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		// Each deployment's running requests are probed in the order of
+		// async_requests_in_progress_idx (sorting ruled out, as in the
+		// claim), so the sweep reads running rows only, never the queue,
+		// whatever the planner's statistics say; the rows are then locked
+		// by primary key and checked as locked.
+		if _, err := tx.Exec(ctx, `SELECT `+claimPlanSettings); err != nil {
+			return err
+		}
 		rows, err := tx.Query(ctx, `
+			WITH lost AS (
+				SELECT l.id FROM deployments d
+				CROSS JOIN LATERAL (
+					SELECT ip.id FROM async_requests ip
+					WHERE ip.deployment_id = d.id AND ip.state = 'IN_PROGRESS' AND ip.lease_expires_at < now()
+					ORDER BY ip.lease_expires_at
+					LIMIT $1
+				) l
+				LIMIT $1
+			), locked AS (
+				SELECT r.id, r.state, r.lease_expires_at, r.lease_owner, r.model_id, r.deployment_id, r.attempts,
+					r.max_attempts, r.initial_delay_ms, r.max_delay_ms
+				FROM async_requests r
+				WHERE r.id = ANY (ARRAY(SELECT id FROM lost))
+				FOR UPDATE SKIP LOCKED
+			)
 			SELECT id, lease_owner, model_id, deployment_id, attempts, max_attempts, initial_delay_ms, max_delay_ms
-			FROM async_requests
-			WHERE state = 'IN_PROGRESS' AND lease_expires_at < now()
-			ORDER BY lease_expires_at
-			LIMIT $1
-			FOR UPDATE SKIP LOCKED`, limit)
+			FROM locked WHERE state = 'IN_PROGRESS' AND lease_expires_at < now()`, limit)
 		if err != nil {
 			return err
 		}
@@ -445,6 +465,9 @@ func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest,
 		}
 		if err := rows.Err(); err != nil {
 			return err
+		}
+		if len(outcomes) == 0 {
+			return nil
 		}
 		recorded, err := db.completeAttempts(ctx, tx, owners, outcomes)
 		if err != nil {

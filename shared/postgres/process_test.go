@@ -346,6 +346,9 @@ func TestHotPathAfterBurst(t *testing.T) {
 	if _, err := db.RequestExpireBatch(ctx, 1000); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := db.RequestReclaimLost(ctx, 1000); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := db.RetentionPurge(ctx, 1000); err != nil {
 		t.Fatal(err)
 	}
