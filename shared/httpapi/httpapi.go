@@ -25,7 +25,13 @@ const MaxBodyBytesDefault = 256 << 10
 
 // Encode writes v as a JSON response with status.
 func Encode(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	// Not HTML-escaped: the answer is JSON served with nosniff, and
+	// messages such as "Api-Key <key>" should read as written.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	err := enc.Encode(v)
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	if err != nil {
 		// Only a bug gets here (every response type marshals); answer in
 		// the API's format without echoing the error.

@@ -20,7 +20,9 @@ import (
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-func newClock() *apitest.Clock { return apitest.NewClock(time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC)) }
+func newClock() *apitest.Clock {
+	return apitest.NewClock(time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC))
+}
 
 func TestWithTarget(t *testing.T) {
 	t.Parallel()
