@@ -79,6 +79,8 @@ type Options struct {
 	ID string
 	// SweepInterval defaults to SweepIntervalDefault.
 	SweepInterval time.Duration
+	// TracerProvider makes the attempt spans; nil means the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Processor claims and processes requests. Run and Tick may be called one
@@ -121,6 +123,10 @@ func New(o Options) *Processor {
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
+	tp := o.TracerProvider
+	if tp == nil {
+		tp = otel.GetTracerProvider()
+	}
 	return &Processor{
 		db:            o.DB,
 		cfg:           cfg,
@@ -129,7 +135,7 @@ func New(o Options) *Processor {
 		client:        client,
 		id:            cmp.Or(o.ID, defaultID()),
 		sweepInterval: cmp.Or(o.SweepInterval, SweepIntervalDefault),
-		tracer:        otel.Tracer("github.com/openasync/asyncrequest/functions/processtick"),
+		tracer:        tp.Tracer("github.com/openasync/asyncrequest/functions/processtick"),
 		claimBatch:    claimBatchMax,
 		completeBatch: completeBatchMax,
 	}
