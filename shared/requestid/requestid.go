@@ -32,20 +32,12 @@ var (
 	seq    uint16
 )
 
-// New returns a new id for the current time. Ids made in the same
-// millisecond by one process are strictly increasing: the 12 bits after the
-// version hold a counter seeded randomly each millisecond.
+// New returns a new id for the current time. Ids made by one process are
+// strictly increasing, even within a millisecond: the 12 bits after the
+// version hold a counter seeded randomly each millisecond (and a burst of
+// more than that borrows the next millisecond).
 func New() ID {
-	return NewAt(time.Now())
-}
-
-// NewAt returns a new id for time t.
-func NewAt(t time.Time) ID {
-	var id ID
-	if _, err := rand.Read(id[6:]); err != nil {
-		panic(fmt.Sprintf("requestid: read random: %v", err)) // crypto/rand never fails on supported platforms
-	}
-	ms := t.UnixMilli()
+	ms := time.Now().UnixMilli()
 	mu.Lock()
 	if ms <= lastMS {
 		ms = lastMS
@@ -55,17 +47,40 @@ func NewAt(t time.Time) ID {
 			seq = 0
 		}
 	} else {
-		seq = binary.BigEndian.Uint16(id[6:8]) & 0x07ff // leave headroom for increments
+		var b [2]byte
+		random(b[:])
+		seq = binary.BigEndian.Uint16(b[:]) & 0x07ff // leave headroom for increments
 	}
 	lastMS = ms
 	s := seq
 	mu.Unlock()
+	return build(ms, s)
+}
 
+// NewAt returns an id for time t with random bits; unlike New it keeps no
+// order among ids of the same millisecond.
+func NewAt(t time.Time) ID {
+	var b [2]byte
+	random(b[:])
+	return build(t.UnixMilli(), binary.BigEndian.Uint16(b[:])&0x0fff)
+}
+
+// build lays out an id: 48 bits of Unix milliseconds, the version, 12 bits
+// of seq, the variant, and random bits.
+func build(ms int64, seq uint16) ID {
+	var id ID
+	random(id[8:])
 	binary.BigEndian.PutUint16(id[0:2], uint16(ms>>32))
 	binary.BigEndian.PutUint32(id[2:6], uint32(ms))
-	binary.BigEndian.PutUint16(id[6:8], 0x7000|s) // version 7
-	id[8] = id[8]&0x3f | 0x80                     // RFC 9562 variant
+	binary.BigEndian.PutUint16(id[6:8], 0x7000|seq) // version 7
+	id[8] = id[8]&0x3f | 0x80                       // RFC 9562 variant
 	return id
+}
+
+func random(b []byte) {
+	if _, err := rand.Read(b); err != nil {
+		panic(fmt.Sprintf("requestid: read random: %v", err)) // crypto/rand never fails on supported platforms
+	}
 }
 
 // Parse parses the 32-hex-character form.

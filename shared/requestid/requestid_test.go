@@ -46,6 +46,14 @@ func TestNew(t *testing.T) {
 		}
 	})
 
+	t.Run("NowNotAnotherTime", func(t *testing.T) {
+		t.Parallel()
+		_ = NewAt(time.Now().Add(24 * time.Hour))
+		if got := time.Since(New().Time()); got < -time.Minute || got > time.Minute {
+			t.Errorf("New() after NewAt(tomorrow) is %v away from now", got)
+		}
+	})
+
 	t.Run("EmbedsTime", func(t *testing.T) {
 		t.Parallel()
 		at := time.Date(2030, 1, 2, 3, 4, 5, 6_000_000, time.UTC)
