@@ -194,15 +194,26 @@ type QueueCounts struct {
 }
 
 // DeploymentQueueCounts counts a deployment's QUEUED and IN_PROGRESS
-// requests through their partial indexes.
+// requests. Each count walks the deployment's part of its state's partial
+// index in the index's order, with sorting ruled out (claimPlanSettings),
+// so it reads only that deployment's queued or running rows even when the
+// planner's statistics predate a burst and would pick an index holding
+// every deployment's queue.
 func (db *DB) DeploymentQueueCounts(ctx context.Context, deploymentID string) (QueueCounts, error) {
 	var c QueueCounts
-	err := db.Pool.QueryRow(ctx, `
+	batch := &pgx.Batch{}
+	batch.Queue(`SELECT ` + claimPlanSettings)
+	batch.Queue(`
 		SELECT
-			(SELECT count(*) FROM async_requests WHERE deployment_id = $1 AND state = 'QUEUED'),
-			(SELECT count(*) FROM async_requests WHERE deployment_id = $1 AND state = 'IN_PROGRESS')`,
-		deploymentID).Scan(&c.Queued, &c.InProgress)
-	if err != nil {
+			(SELECT count(*) FROM (
+				SELECT FROM async_requests WHERE deployment_id = $1 AND state = 'QUEUED'
+				ORDER BY priority, due_at, id) queued),
+			(SELECT count(*) FROM (
+				SELECT FROM async_requests WHERE deployment_id = $1 AND state = 'IN_PROGRESS'
+				ORDER BY lease_expires_at) running)`, deploymentID).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&c.Queued, &c.InProgress)
+	})
+	if err := db.Pool.SendBatch(ctx, batch).Close(); err != nil {
 		return QueueCounts{}, fmt.Errorf("count queue: %w", err)
 	}
 	return c, nil
