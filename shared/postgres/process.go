@@ -55,8 +55,15 @@ type batchSender interface {
 // queryByKey runs sql, which finds its rows by primary key, under
 // byKeySettings, and collects its rows.
 func queryByKey[T any](ctx context.Context, q batchSender, fn pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
+	return queryWith(ctx, q, byKeySettings, fn, sql, args...)
+}
+
+// queryWith runs settings (a statement of set_config calls, local to the
+// transaction) and then sql in one batch, which is one transaction, and
+// collects sql's rows.
+func queryWith[T any](ctx context.Context, q batchSender, settings string, fn pgx.RowToFunc[T], sql string, args ...any) ([]T, error) {
 	batch := &pgx.Batch{}
-	batch.Queue(byKeySettings)
+	batch.Queue(settings)
 	batch.Queue(sql, args...)
 	br := q.SendBatch(ctx, batch)
 	got, err := func() ([]T, error) {
@@ -595,21 +602,28 @@ type QueueDepth struct {
 	Count        int64
 }
 
-// QueueDepthList counts QUEUED and IN_PROGRESS requests per deployment,
-// through the partial indexes on those states.
+// QueueDepthList counts QUEUED and IN_PROGRESS requests per deployment
+// (deployments with none are left out). Like DeploymentQueueCounts, each
+// deployment's count walks its part of the state's partial index, so the
+// cost follows the queue, never the finished rows, whatever the planner's
+// statistics say.
 func (db *DB) QueueDepthList(ctx context.Context) ([]QueueDepth, error) {
-	rows, err := db.Pool.Query(ctx, `
-		SELECT deployment_id, 'QUEUED', count(*) FROM async_requests WHERE state = 'QUEUED' GROUP BY deployment_id
-		UNION ALL
-		SELECT deployment_id, 'IN_PROGRESS', count(*) FROM async_requests WHERE state = 'IN_PROGRESS' GROUP BY deployment_id`)
-	if err != nil {
-		return nil, fmt.Errorf("count queue depth: %w", err)
-	}
-	depths, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (QueueDepth, error) {
+	depths, err := queryWith(ctx, db.Pool, `SELECT `+claimPlanSettings, func(row pgx.CollectableRow) (QueueDepth, error) {
 		var d QueueDepth
 		err := row.Scan(&d.DeploymentID, &d.State, &d.Count)
 		return d, err
-	})
+	}, `
+		SELECT d.id, 'QUEUED', q.n FROM deployments d
+		CROSS JOIN LATERAL (SELECT count(*) AS n FROM (
+			SELECT FROM async_requests r WHERE r.deployment_id = d.id AND r.state = 'QUEUED'
+			ORDER BY r.priority, r.due_at, r.id) x) q
+		WHERE q.n > 0
+		UNION ALL
+		SELECT d.id, 'IN_PROGRESS', q.n FROM deployments d
+		CROSS JOIN LATERAL (SELECT count(*) AS n FROM (
+			SELECT FROM async_requests r WHERE r.deployment_id = d.id AND r.state = 'IN_PROGRESS'
+			ORDER BY r.lease_expires_at) x) q
+		WHERE q.n > 0`)
 	if err != nil {
 		return nil, fmt.Errorf("count queue depth: %w", err)
 	}

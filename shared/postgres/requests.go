@@ -200,21 +200,20 @@ type QueueCounts struct {
 // planner's statistics predate a burst and would pick an index holding
 // every deployment's queue.
 func (db *DB) DeploymentQueueCounts(ctx context.Context, deploymentID string) (QueueCounts, error) {
-	var c QueueCounts
-	batch := &pgx.Batch{}
-	batch.Queue(`SELECT ` + claimPlanSettings)
-	batch.Queue(`
+	counts, err := queryWith(ctx, db.Pool, `SELECT `+claimPlanSettings, func(row pgx.CollectableRow) (QueueCounts, error) {
+		var c QueueCounts
+		err := row.Scan(&c.Queued, &c.InProgress)
+		return c, err
+	}, `
 		SELECT
 			(SELECT count(*) FROM (
 				SELECT FROM async_requests WHERE deployment_id = $1 AND state = 'QUEUED'
 				ORDER BY priority, due_at, id) queued),
 			(SELECT count(*) FROM (
 				SELECT FROM async_requests WHERE deployment_id = $1 AND state = 'IN_PROGRESS'
-				ORDER BY lease_expires_at) running)`, deploymentID).QueryRow(func(row pgx.Row) error {
-		return row.Scan(&c.Queued, &c.InProgress)
-	})
-	if err := db.Pool.SendBatch(ctx, batch).Close(); err != nil {
+				ORDER BY lease_expires_at) running)`, deploymentID)
+	if err != nil {
 		return QueueCounts{}, fmt.Errorf("count queue: %w", err)
 	}
-	return c, nil
+	return counts[0], nil
 }
