@@ -56,6 +56,11 @@ func SetupTracing(ctx context.Context, serviceName string, extra ...sdktrace.Spa
 	for _, p := range extra {
 		opts = append(opts, sdktrace.WithSpanProcessor(p))
 	}
+	if sampler, err := samplerFromEnv(); err != nil {
+		return nil, err
+	} else if sampler != nil {
+		opts = append(opts, sdktrace.WithSampler(sampler))
+	}
 	tp := sdktrace.NewTracerProvider(opts...)
 	otel.SetTracerProvider(tp)
 	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{}))
