@@ -176,11 +176,19 @@ func TestLambdaRuntimeEmulatorBadConfiguration(t *testing.T) {
 	if res.StatusCode == http.StatusOK && !strings.Contains(string(body), "errorType") {
 		t.Errorf("invocation answered %d %s, want an init error", res.StatusCode, body)
 	}
+	// The function's stderr reaches the emulator's output through a pipe,
+	// which may lag the invocation's answer: wait for it.
 	want := `async-status: configuration: LOG_FORMAT: must be "json" or "text"`
 	var lines []string
-	for line := range strings.Lines(logs.String()) {
-		if strings.Contains(line, "LOG_FORMAT") {
-			lines = append(lines, strings.TrimSpace(line))
+	for deadline := time.Now().Add(rieWaitFor); ; time.Sleep(50 * time.Millisecond) {
+		lines = lines[:0]
+		for line := range strings.Lines(logs.String()) {
+			if strings.Contains(line, "LOG_FORMAT") {
+				lines = append(lines, strings.TrimSpace(line))
+			}
+		}
+		if len(lines) > 0 || time.Now().After(deadline) {
+			break
 		}
 	}
 	if len(lines) == 0 || lines[0] != want {
