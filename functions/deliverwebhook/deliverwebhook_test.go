@@ -615,7 +615,9 @@ func TestDeliver(t *testing.T) {
 
 		dying := f.options(t)
 		dying.ID = "dying"
-		dying.Lease = 300 * time.Millisecond // runs out while its POST hangs
+		// Its lease runs out while its POST hangs, and only after its tick
+		// has stopped claiming, so the re-send is the other deliverer's.
+		dying.Lease = 3 * time.Second
 		dying.Config.Timeout = time.Minute
 		dying.Client = safehttp.NewClient(safehttp.Policy{AllowHTTP: true, AllowPrivate: true}, time.Minute)
 		first := deliverwebhook.New(dying)
@@ -625,7 +627,7 @@ func TestDeliver(t *testing.T) {
 		}
 		firstDone := make(chan tickOut, 1)
 		go func() {
-			res, err := first.Tick(context.Background(), 50*time.Millisecond)
+			res, err := first.Tick(context.Background(), time.Second)
 			firstDone <- tickOut{res, err}
 		}()
 		waitFor(t, "the first POST", func() bool { return rc.count() == 1 })

@@ -635,7 +635,7 @@ func TestTick(t *testing.T) {
 		m := newModel(t, answer(200, `{}`))
 		d := b.deploy(m.URL, deployOptions{MaxConcurrency: 2})
 		ids := []requestid.ID{b.submit(d, `1`), b.submit(d, `2`), b.submit(d, `3`)}
-		res, err := b.processor().Tick(ctx, 500*time.Millisecond)
+		res, err := b.processor().Tick(ctx, 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
