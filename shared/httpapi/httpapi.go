@@ -91,6 +91,10 @@ func DecodeBytes(body []byte, v any) error {
 		if _, extra := dec.Token(); extra != io.EOF {
 			return &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body has data after the JSON object"}
 		}
+		if path := unknownFieldPath(reflect.TypeOf(v), body); path != "" {
+			return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
+				Message: "unknown field " + path}
+		}
 		return nil
 	}
 	if typeErr, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
@@ -152,11 +156,13 @@ func unknownFieldPath(t reflect.Type, body []byte) string {
 		if name == "-" || !f.IsExported() {
 			continue
 		}
-		// encoding/json matches keys to fields case-insensitively.
-		fields[strings.ToLower(cmp.Or(name, f.Name))] = f.Type
+		// Exactly: encoding/json would also take "Priority" for
+		// "priority", and a key spelled otherwise than documented is a
+		// mistake to report, not to guess at.
+		fields[cmp.Or(name, f.Name)] = f.Type
 	}
 	for _, key := range objectKeys(body) {
-		ft, known := fields[strings.ToLower(key)]
+		ft, known := fields[key]
 		if !known {
 			return key
 		}
