@@ -50,16 +50,8 @@ func processSetup(t *testing.T) (*postgres.DB, func(edit ...func(*postgres.Reque
 	t.Helper()
 	ctx := context.Background()
 	db := pgtest.New(t)
-	org, err := db.OrganizationEnsure(ctx, "acme")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.ModelCreate(ctx, postgres.Model{ID: "m1", OrganizationID: org.ID, Kind: postgres.KindModel}); err != nil {
-		t.Fatal(err)
-	}
-	if err := db.DeploymentCreate(ctx, org.ID, postgres.Deployment{ID: "d1", ModelID: "m1", URL: "http://model.invalid", MaxConcurrency: 2}); err != nil {
-		t.Fatal(err)
-	}
+	org := pgtest.SeedTenant(t, db, "acme", []postgres.Model{{ID: "m1", Kind: postgres.KindModel}},
+		[]postgres.Deployment{{ID: "d1", ModelID: "m1", MaxConcurrency: 2}})
 	submit := func(edit ...func(*postgres.RequestInsertParams)) requestid.ID {
 		t.Helper()
 		p := postgres.RequestInsertParams{

@@ -69,7 +69,6 @@ const (
 	CodeModelInvalidInput   = "MODEL_INVALID_INPUT"
 	CodeModelDoesNotExist   = "MODEL_DOES_NOT_EXIST"
 	CodeInternalServerError = "INTERNAL_SERVER_ERROR"
-	CodeQueueDeadline       = "QUEUE_DEADLINE_EXCEEDED"
 )
 
 // AttemptError is one entry of a request's errors.
