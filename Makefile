@@ -42,15 +42,15 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-## bench: throughput benchmarks against TEST_DATABASE_URL (else a Postgres container), side by side in one
+## bench: throughput and status-read benchmarks against TEST_DATABASE_URL (else a Postgres container), side by side in one
 ## run; the output goes to bench-results.txt, followed by a summary table
 bench: SHELL := /bin/bash
 bench:
 	@[ -n "$$TEST_DATABASE_URL" ] || echo "bench: TEST_DATABASE_URL is unset; trying a Postgres container"
 	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 3x ./functions/... 2>&1 | tee bench-results.txt
 	@grep -q 'req/s' bench-results.txt || { echo "bench: no figures (no database?): set TEST_DATABASE_URL"; exit 1; }
-	@summary=$$(awk '/req\/s/ { for (i = 3; i < NF; i++) m[$$(i+1)] = $$i; \
-		printf "%-45s %10s req/s %8s rows/claim %8s rows/write\n", $$1, m["req/s"], m["rows/claim"], m["rows/write"] }' \
+	@summary=$$(awk '/req\/s/ { line = sprintf("%-45s", $$1); \
+		for (i = 3; i < NF; i += 2) if ($$(i+1) != "ns/op") line = line sprintf(" %10s %s", $$i, $$(i+1)); print line }' \
 		bench-results.txt); printf '\nsummary\n%s\n' "$$summary" | tee -a bench-results.txt
 
 ## schema: regenerate db/schema.sql from a scratch database

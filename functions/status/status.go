@@ -116,6 +116,9 @@ type statusBody struct {
 	StatusAt      string                  `json:"status_at"`
 	Errors        []postgres.AttemptError `json:"errors"`
 	Attempts      int                     `json:"attempts"`
+	// QueuePosition is how many of the deployment's queued requests a
+	// processor takes before this one; only while QUEUED.
+	QueuePosition *int64 `json:"queue_position,omitempty"`
 }
 
 func (s *server) get(w http.ResponseWriter, r *http.Request) {
@@ -136,6 +139,14 @@ func (s *server) get(w http.ResponseWriter, r *http.Request) {
 	}
 	if b.Errors == nil {
 		b.Errors = []postgres.AttemptError{}
+	}
+	if req.State == postgres.StateQueued {
+		n, err := s.db.RequestQueuePosition(r.Context(), req)
+		if err != nil {
+			httpapi.WriteError(w, r, s.log, err)
+			return
+		}
+		b.QueuePosition = &n
 	}
 	b.ModelID, b.ChainID = modelOrChain(req.ModelID, req.IsChain)
 	httpapi.Encode(w, http.StatusOK, b)

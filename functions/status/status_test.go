@@ -48,7 +48,7 @@ type bundle struct {
 // setup seeds acme (model m1: m1-a production and staging, m1-b
 // development; model m2: m2-a production; chain c1: c1-a production and
 // development) and other (model om: om-a production).
-func setup(t *testing.T, opts ...func(*status.Options)) bundle {
+func setup(t testing.TB, opts ...func(*status.Options)) bundle {
 	t.Helper()
 	ctx := context.Background()
 	db := pgtest.New(t)
@@ -179,12 +179,12 @@ func TestGet(t *testing.T) {
 				t.Parallel()
 				host, path := f.URL(tt.kind, tt.id, "/async_request/"+tt.request)
 				m := decode(t, b.do("GET", host, path, ""), http.StatusOK)
-				want := "attempts,created_at,deployment_id,errors," + tt.idKey + ",request_id,status,status_at,webhook_status"
+				want := "attempts,created_at,deployment_id,errors," + tt.idKey + ",queue_position,request_id,status,status_at,webhook_status"
 				if got := keys(m); got != strings.Join(sortStrings(strings.Split(want, ",")), ",") {
 					t.Errorf("keys %s, want %s", got, want)
 				}
 				if m["request_id"] != tt.request || m[tt.idKey] != tt.id || m["status"] != "QUEUED" ||
-					m["webhook_status"] != tt.webhook || m["attempts"] != tt.attempts {
+					m["webhook_status"] != tt.webhook || m["attempts"] != tt.attempts || m["queue_position"] != 0.0 {
 					t.Errorf("body %v", m)
 				}
 				for _, k := range []string{"created_at", "status_at"} {
@@ -205,6 +205,26 @@ func TestGet(t *testing.T) {
 			})
 		}
 	}
+
+	t.Run("QueuePosition", func(t *testing.T) {
+		t.Parallel()
+		// m2-a is this subtest's alone.
+		ids := []string{b.insert(b.acme, "m2", false, "m2-a", ""), b.insert(b.acme, "m2", false, "m2-a", ""), b.insert(b.acme, "m2", false, "m2-a", "")}
+		position := func(id string) any {
+			t.Helper()
+			return decode(t, b.do("GET", "model-m2.api.example.com", "/async_request/"+id, ""), http.StatusOK)["queue_position"]
+		}
+		if got := position(ids[2]); got != 2.0 {
+			t.Errorf("third in line: queue_position = %v, want 2", got)
+		}
+		b.exec(ids[0], `UPDATE async_requests SET state = 'IN_PROGRESS' WHERE id = $1`)
+		if got := position(ids[2]); got != 1.0 {
+			t.Errorf("once the first runs: queue_position = %v, want 1", got)
+		}
+		if got := position(ids[0]); got != nil {
+			t.Errorf("a running request: queue_position = %v, want none", got)
+		}
+	})
 
 	t.Run("TimesAreUTCMicroseconds", func(t *testing.T) {
 		t.Parallel()

@@ -235,4 +235,67 @@ func TestRequest(t *testing.T) {
 			t.Errorf("count = %d", n)
 		}
 	})
+
+	t.Run("QueuePosition", func(t *testing.T) {
+		t.Parallel()
+		pg, b := setup(t)
+		if err := pg.DeploymentCreate(ctx, b.org.ID, postgres.Deployment{ID: "d2", ModelID: "m1", URL: "http://model.invalid", MaxConcurrency: 1}); err != nil {
+			t.Fatal(err)
+		}
+		// Each request is queued and then given its place by hand.
+		put := func(deployment, set string) postgres.Request {
+			t.Helper()
+			p := insertParams(b)
+			p.DeploymentID = deployment
+			if _, err := pg.RequestInsert(ctx, p); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := pg.Pool.Exec(ctx, `UPDATE async_requests SET `+set+` WHERE id = $1`, p.ID); err != nil {
+				t.Fatal(err)
+			}
+			r, err := pg.RequestGetByID(ctx, b.org.ID, p.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		first := put("d1", `priority = 1, due_at = now() - interval '10 seconds'`)
+		second := put("d1", `priority = 1, due_at = now() - interval '5 seconds'`)
+		urgent := put("d1", `priority = 0, due_at = now() - interval '1 second'`)
+		retrying := put("d1", `priority = 1, due_at = now() + interval '1 hour'`)
+		put("d1", `priority = 0, due_at = now() + interval '30 minutes'`) // ahead of retrying only
+		put("d1", `priority = 0, due_at = now() - interval '20 seconds', deadline_at = now()`)
+		put("d1", `priority = 0, due_at = now() - interval '1 minute', state = 'IN_PROGRESS'`)
+		put("d2", `priority = 0, due_at = now() - interval '1 minute'`)
+
+		for _, tt := range []struct {
+			name string
+			r    postgres.Request
+			want int64
+		}{
+			{"Urgent", urgent, 0},
+			{"First", first, 1},
+			{"Second", second, 2},
+			{"WaitingForRetry", retrying, 4},
+		} {
+			if got, err := pg.RequestQueuePosition(ctx, tt.r); err != nil || got != tt.want {
+				t.Errorf("%s: position %d, %v; want %d", tt.name, got, err, tt.want)
+			}
+		}
+
+		// A long queue is counted up to the cap.
+		if _, err := pg.Pool.Exec(ctx, `
+			INSERT INTO async_requests (id, organization_id, model_id, is_chain, deployment_id, state,
+				webhook_state, priority, due_at, deadline_at, max_attempts, initial_delay_ms, max_delay_ms,
+				input, created_at, status_at)
+			SELECT gen_random_uuid(), $1, 'm1', false, 'd2', 'QUEUED', 'NO_WEBHOOK_PROVIDED', 0,
+				now() - interval '1 hour', now() + interval '1 hour', 3, 1000, 5000, '{}', now(), now()
+			FROM generate_series(1, $2)`, b.org.ID, postgres.QueuePositionMax+5); err != nil {
+			t.Fatal(err)
+		}
+		last := put("d2", `priority = 0`)
+		if got, err := pg.RequestQueuePosition(ctx, last); err != nil || got != postgres.QueuePositionMax {
+			t.Errorf("behind %d: position %d, %v; want the cap, %d", postgres.QueuePositionMax+6, got, err, postgres.QueuePositionMax)
+		}
+	})
 }

@@ -151,6 +151,40 @@ func (db *DB) RequestGetByID(ctx context.Context, organizationID int64, id reque
 	return r, nil
 }
 
+// QueuePositionMax caps RequestQueuePosition: counting the requests ahead
+// costs a row read each, and past this many the exact number tells a client
+// nothing more than "a long way back".
+const QueuePositionMax = 1000
+
+// RequestQueuePosition reports how many of its deployment's queued requests
+// a claim would take before r, a QUEUED request: those within their queue
+// deadline that come first in claim order (priority, then due time, then
+// id) and are due by the time r is. Zero means r is next; QueuePositionMax
+// means at least that many. Requests of other deployments and the
+// deployment's free slots do not count: it is a place in line, not a wait.
+// It walks async_requests_queued_idx in order and stops at the cap.
+func (db *DB) RequestQueuePosition(ctx context.Context, r Request) (int64, error) {
+	n, err := queryWith(ctx, db.Pool, queuePositionSettings, pgx.RowTo[int64], `
+		SELECT count(*) FROM (
+			SELECT 1 FROM async_requests
+			WHERE deployment_id = $1 AND state = 'QUEUED'
+				AND (priority, due_at, id) < ($2, $3, $4)
+				AND due_at <= greatest(now(), $3) AND deadline_at > now()
+			ORDER BY priority, due_at, id
+			LIMIT $5) ahead`,
+		r.DeploymentID, r.Priority, r.DueAt, r.ID, QueuePositionMax)
+	if err != nil {
+		return 0, fmt.Errorf("count requests ahead in the queue: %w", err)
+	}
+	return n[0], nil
+}
+
+// queuePositionSettings keep RequestQueuePosition on the queued index. The
+// planner cannot tell how many rows the row comparison leaves, guesses
+// one, and would rather read the whole table and sort than walk the index
+// in order to the cap; ruling out both leaves the walk.
+const queuePositionSettings = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)`
+
 // RequestCancel cancels a QUEUED request (including one waiting for a
 // retry). It returns the request as it now is and whether this call
 // canceled it. A claim racing the cancel resolves to exactly one of them:
