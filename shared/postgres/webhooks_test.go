@@ -172,7 +172,7 @@ func TestWebhookDelivery(t *testing.T) {
 			t.Fatalf("fail = %v, %v", ok, err)
 		}
 		r, _ = pg.RequestGetByID(ctx, b.org.ID, id)
-		if r.State != postgres.StateWebhookFailed || r.WebhookState != postgres.WebhookFailed || r.OutputExpiresAt == nil || !r.StatusAt.After(*r.FinishedAt) {
+		if r.State != postgres.StateWebhookFailed || r.WebhookState != postgres.WebhookFailed || r.OutputExpiresAt == nil || r.StatusAt.Equal(*r.FinishedAt) {
 			t.Errorf("request %s / webhook %s / output_expires_at %v / status_at %v", r.State, r.WebhookState, r.OutputExpiresAt, r.StatusAt)
 		}
 		var purgeIn float64
