@@ -97,7 +97,7 @@ func TestLambdaRuntimeEmulator(t *testing.T) {
 			t.Fatalf("status body %q: %v", res.Body, err)
 		}
 		want := map[string]any{"request_id": id, "model_id": rieModelID, "deployment_id": rieDeploymentID,
-			"status": "QUEUED", "webhook_status": "PENDING"}
+			"status": "QUEUED", "webhook_status": "PENDING", "queue_position": 0.0}
 		for k, v := range want {
 			if body[k] != v {
 				t.Errorf("status %s = %v, want %v (body %s)", k, body[k], v, res.Body)
