@@ -479,6 +479,16 @@ func TestDeliver(t *testing.T) {
 				w.WriteHeader(502)
 				_, _ = w.Write([]byte("upstream\nis down"))
 			}, retry: true, dueIn: next, lastError: "502 Bad Gateway: upstream is down"},
+			// Postgres text can't hold NUL or invalid UTF-8: they are
+			// replaced, and the retry is recorded all the same.
+			{name: "BinaryAnswer", respond: func(_ int, w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(500)
+				_, _ = w.Write([]byte("up\x00stream\xff"))
+			}, retry: true, dueIn: next, lastError: "500 Internal Server Error: up\uFFFDstream\uFFFD"},
+			{name: "BinaryAnswerFails", respond: func(_ int, w http.ResponseWriter, _ *http.Request) {
+				w.WriteHeader(400)
+				_, _ = w.Write([]byte("\x00"))
+			}, lastError: "400 Bad Request: \uFFFD"},
 			{name: "Hang", respond: hang, retry: true, dueIn: next, lastError: "timed out"},
 		}
 		for _, tt := range tests {

@@ -284,6 +284,9 @@ func TestOutcomes(t *testing.T) {
 		{name: "ConnectionRefused", url: closedURL, want: notReady(10 * time.Second)},
 		{name: "DNSFailure", url: func(*testing.T) string { return "http://model.invalid" }, want: notReady(10 * time.Second)},
 		{name: "InternalServerError", handle: answer(500, "boom"), want: retry(postgres.CodeModelPredictError)},
+		// A NUL byte can't be stored in Postgres text or jsonb; the message
+		// must still be, and the outcome with it.
+		{name: "InternalServerErrorBinaryBody", handle: answer(500, "bad\x00\xffbody"), want: retry(postgres.CodeModelPredictError)},
 		{name: "BadGateway", handle: answer(502, ""), want: retry(postgres.CodeModelUnavailable)},
 		{name: "ServiceUnavailable", handle: answer(503, "loading"), want: retry(postgres.CodeModelUnavailable)},
 		{name: "GatewayTimeout", handle: answer(504, ""), want: retry(postgres.CodeModelPredictTimeout)},
@@ -295,6 +298,7 @@ func TestOutcomes(t *testing.T) {
 		}, want: retry(postgres.CodeModelPredictTimeout)},
 		{name: "BadRequest", handle: answer(400, "no"), want: fail(postgres.CodeModelInvalidInput)},
 		{name: "UnprocessableEntity", handle: answer(422, "no"), want: fail(postgres.CodeModelInvalidInput)},
+		{name: "BadRequestBinaryBody", handle: answer(400, "\x00"), want: fail(postgres.CodeModelInvalidInput)},
 		{name: "NotFound", handle: answer(404, ""), want: fail(postgres.CodeModelDoesNotExist)},
 		{name: "Teapot", handle: answer(418, "tea"), want: fail(postgres.CodeModelPredictError)},
 		{name: "Redirect", handle: answer(307, "", "Location", "http://example.invalid/"), want: fail(postgres.CodeModelPredictError)},

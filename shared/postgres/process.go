@@ -336,7 +336,7 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 			outputs[i] = o.Output
 		}
 		if o.Error != nil {
-			b, err := json.Marshal(o.Error)
+			b, err := json.Marshal(AttemptError{Code: storableText(o.Error.Code), Message: storableText(o.Error.Message)})
 			if err != nil {
 				return nil, err
 			}

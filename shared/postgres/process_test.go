@@ -198,6 +198,33 @@ func TestRequestCompleteBatch(t *testing.T) {
 	}
 }
 
+// TestRequestCompleteBatchUnstorableText: a message quoting a model's answer
+// may hold NUL and invalid UTF-8, which Postgres jsonb refuses; the batch
+// is written all the same, with those bytes replaced.
+func TestRequestCompleteBatchUnstorableText(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	binary, other := submit(), submit()
+	if claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 2, LeaseDuration: time.Minute}); err != nil || len(claimed) != 2 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	rec, err := db.RequestCompleteBatch(ctx, "p", []postgres.AttemptOutcome{
+		{ID: binary, State: postgres.StateFailed, Error: &postgres.AttemptError{Code: postgres.CodeModelPredictError, Message: "model answered 500: a\x00b\xff\xfec"}},
+		{ID: other, State: postgres.StateSucceeded, Output: []byte(`{}`)},
+	})
+	if err != nil || len(rec) != 2 {
+		t.Fatalf("complete: %v, %d recorded", err, len(rec))
+	}
+	var state, message string
+	if err := db.Pool.QueryRow(ctx, `SELECT state, errors -> 0 ->> 'message' FROM async_requests WHERE id = $1`, binary).Scan(&state, &message); err != nil {
+		t.Fatal(err)
+	}
+	if state != string(postgres.StateFailed) || message != "model answered 500: a\uFFFDb\uFFFDc" {
+		t.Errorf("state %s, message %q", state, message)
+	}
+}
+
 func TestSweeps(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()

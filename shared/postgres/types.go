@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"encoding/json"
+	"strings"
 	"time"
 
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -111,6 +112,14 @@ const requestColumns = `id, organization_id, model_id, is_chain, deployment_id, 
 	finished_at, output_expires_at`
 
 type rowScanner interface{ Scan(dest ...any) error }
+
+// storableText returns s as Postgres text and jsonb can hold it: valid
+// UTF-8 without NUL, each run of invalid bytes and each NUL becoming
+// U+FFFD. Messages quoting a model's or a receiver's answer go through it,
+// since one unstorable byte would fail the whole statement that writes them.
+func storableText(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
 
 func scanRequest(row rowScanner) (Request, error) {
 	var r Request

@@ -192,7 +192,7 @@ func (db *DB) WebhookDeliveryRetry(ctx context.Context, p WebhookDeliveryRetryPa
 		SET state = 'PENDING', due_at = now() + make_interval(secs => $3), lease_owner = NULL,
 			lease_expires_at = NULL, last_error = $4
 		WHERE id = $1 AND lease_owner = $2 AND state = 'IN_PROGRESS'`,
-		p.ID, p.Owner, p.Delay.Seconds(), p.LastError)
+		p.ID, p.Owner, p.Delay.Seconds(), storableText(p.LastError))
 	if err != nil {
 		return false, fmt.Errorf("record webhook retry: %w", err)
 	}
@@ -231,7 +231,7 @@ func (db *DB) WebhookDeliveryFail(ctx context.Context, id int64, owner, lastErro
 			RETURNING 1
 		)
 		SELECT count(*) FROM d`,
-		id, owner, lastError, cmp.Or(db.OutputRetention, OutputRetentionDefault).Seconds(),
+		id, owner, storableText(lastError), cmp.Or(db.OutputRetention, OutputRetentionDefault).Seconds(),
 		cmp.Or(db.StatusRetention, StatusRetentionDefault).Seconds()).Scan(&n)
 	if err != nil {
 		return false, fmt.Errorf("record webhook failure: %w", err)
