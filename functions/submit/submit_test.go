@@ -265,6 +265,8 @@ func TestSubmitValidation(t *testing.T) {
 		{name: "FieldOtherCase", body: `{"model_input": 1, "Priority": 1}`, status: 422, code: "UNKNOWN_FIELD", field: "Priority"},
 		{name: "NestedFieldOtherCase", body: `{"model_input": 1, "inference_retry_config": {"Max_Attempts": 2}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.Max_Attempts"},
 		{name: "ModelInputOtherCase", body: `{"Model_Input": 1}`, status: 422, code: "UNKNOWN_FIELD", field: "Model_Input"},
+		{name: "FieldTwice", body: `{"model_input": 1, "priority": 0, "priority": 2}`, status: 422, code: "INVALID_FIELD", field: "priority"},
+		{name: "NestedFieldTwice", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 1, "max_attempts": 9}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
 		{name: "PriorityString", body: `{"model_input": 1, "priority": "1"}`, status: 422, code: "INVALID_FIELD", field: "priority"},
 		{name: "PriorityFloat", body: `{"model_input": 1, "priority": 0.5}`, status: 422, code: "INVALID_FIELD", field: "priority"},
 		{name: "PriorityBelowMin", body: `{"model_input": 1, "priority": -1}`, status: 422, code: "INVALID_FIELD", field: "priority"},

@@ -95,6 +95,9 @@ func DecodeBytes(body []byte, v any) error {
 			return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
 				Message: "unknown field " + path}
 		}
+		if path := repeatedFieldPath(reflect.TypeOf(v), body); path != "" {
+			return Invalid(path, path+" is given more than once")
+		}
 		return nil
 	}
 	if typeErr, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
@@ -150,6 +153,49 @@ func unknownFieldPath(t reflect.Type, body []byte) string {
 	if t.Kind() != reflect.Struct {
 		return ""
 	}
+	fields := jsonFields(t)
+	for _, key := range objectKeys(body) {
+		ft, known := fields[key]
+		if !known {
+			return key
+		}
+		if path := unknownFieldPath(ft, rawValue(body, key)); path != "" {
+			return key + "." + path
+		}
+	}
+	return ""
+}
+
+// repeatedFieldPath returns the path of the first key that one object of
+// body gives twice, looking into the objects that t decodes (not into
+// free-form values such as model_input); "" when there is none.
+// encoding/json would keep the last of them without a word, and a client
+// that sends two priorities should hear which field is in doubt.
+func repeatedFieldPath(t reflect.Type, body []byte) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return ""
+	}
+	fields := jsonFields(t)
+	seen := map[string]bool{}
+	for _, key := range objectKeys(body) {
+		if seen[key] {
+			return key
+		}
+		seen[key] = true
+		if ft, known := fields[key]; known {
+			if path := repeatedFieldPath(ft, rawValue(body, key)); path != "" {
+				return key + "." + path
+			}
+		}
+	}
+	return ""
+}
+
+// jsonFields maps the JSON keys of struct type t to their field types.
+func jsonFields(t reflect.Type) map[string]reflect.Type {
 	fields := map[string]reflect.Type{}
 	for f := range t.Fields() {
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
@@ -161,16 +207,7 @@ func unknownFieldPath(t reflect.Type, body []byte) string {
 		// mistake to report, not to guess at.
 		fields[cmp.Or(name, f.Name)] = f.Type
 	}
-	for _, key := range objectKeys(body) {
-		ft, known := fields[key]
-		if !known {
-			return key
-		}
-		if path := unknownFieldPath(ft, rawValue(body, key)); path != "" {
-			return key + "." + path
-		}
-	}
-	return ""
+	return fields
 }
 
 // objectKeys returns the keys of the JSON object raw in document order.

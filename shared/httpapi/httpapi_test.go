@@ -126,6 +126,10 @@ func TestDecode(t *testing.T) {
 		{name: "WrongTypeObject", body: `{"model_input": 1, "inference_retry_config": 3}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config"},
 		{name: "WrongTypeURL", body: `{"model_input": 1, "webhook_endpoint": 5}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "Overflow", body: `{"model_input": 1, "priority": 1e40}`, status: 422, code: "INVALID_FIELD", field: "priority"},
+		{name: "Repeated", body: `{"model_input": 1, "priority": 1, "priority": 2}`, status: 422, code: "INVALID_FIELD", field: "priority"},
+		{name: "RepeatedModelInput", body: `{"model_input": 1, "model_input": 2}`, status: 422, code: "INVALID_FIELD", field: "model_input"},
+		{name: "RepeatedNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attempts": 3}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "RepeatedInsideModelInputIsTheModels", body: `{"model_input": {"a": 1, "a": 2}}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
