@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net/http"
 	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -93,7 +94,7 @@ func DecodeBytes(body []byte, v any) error {
 		}
 		if path := unknownFieldPath(reflect.TypeOf(v), body); path != "" {
 			return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
-				Message: "unknown field " + path}
+				Message: "unknown field " + strconv.Quote(path)}
 		}
 		if path := repeatedFieldPath(reflect.TypeOf(v), body); path != "" {
 			return Invalid(path, path+" is given more than once")
@@ -116,7 +117,7 @@ func DecodeBytes(body []byte, v any) error {
 			path = strings.Trim(name, `"`)
 		}
 		return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
-			Message: "unknown field " + path}
+			Message: "unknown field " + strconv.Quote(path)}
 	}
 	return ErrMalformedJSON
 }

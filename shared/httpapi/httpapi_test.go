@@ -472,3 +472,45 @@ func TestRateLimit(t *testing.T) {
 		t.Errorf("a 429 must not have spent a token, nor a refill add two: %d", rec.Code)
 	}
 }
+
+// FuzzDecodeBytes checks, for any body, that decoding never panics and
+// answers either success, for valid JSON only, or the API's own error: a
+// 400 for a body that is not a JSON object, a 422 naming the field at
+// fault. `go test` runs the seeds; `go test -fuzz FuzzDecodeBytes
+// ./shared/httpapi` looks for more.
+func FuzzDecodeBytes(f *testing.F) {
+	for _, seed := range []string{
+		``, ` `, `{}`, `[]`, `null`, `"x"`, `{"model_input": 1}`,
+		`{"model_input": {"a": 1, "a": 2}, "priority": 1}`,
+		`{"model_input": 1, "priority": 1, "priority": 2}`,
+		`{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attempts": 3}}`,
+		`{"model_input": 1, "inference_retry_config": {"max_attemps": 2}}`,
+		`{"model_input": 1, "inference_retry_config": 7}`,
+		`{"model_input": 1, "priority": 1e400}`, `{"model_input": 1, "priority": "1"}`,
+		`{"model_input": 1} {}`, `{"model_input": "\ud800\u0000"}`, "{\"model_input\": \"\xff\"}",
+		`{"Priority": 1}`, `{"model_input": [[[[[[[[[[]]]]]]]]]]}`, `{"model_input": 1,}`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var v submitLike
+		err := httpapi.DecodeBytes(body, &v)
+		if err == nil {
+			if !json.Valid(body) {
+				t.Fatalf("decoded %q, which is not valid JSON", body)
+			}
+			return
+		}
+		apiErr, ok := errors.AsType[*httpapi.Error](err)
+		if !ok {
+			t.Fatalf("%q: %v is not an API error", body, err)
+		}
+		switch {
+		case apiErr.Status == http.StatusBadRequest && apiErr.Code == "MALFORMED_JSON" && apiErr.Field == "":
+		case apiErr.Status == http.StatusUnprocessableEntity && apiErr.Field != "" && apiErr.Message != "":
+		case apiErr.Code == "UNKNOWN_FIELD" && apiErr.Field == "" && apiErr.Message == `unknown field ""`: // {"": ...}
+		default:
+			t.Fatalf("%q: answered %+v", body, apiErr)
+		}
+	})
+}
