@@ -367,3 +367,40 @@ func TestClient(t *testing.T) {
 		}
 	})
 }
+
+// FuzzCheckURL checks, for any string, that CheckURL never panics, answers
+// only *URLError, and never accepts under the strict policy a URL that is
+// not https, carries credentials, or whose host is an IP literal outside
+// the public ranges or localhost. `go test` runs the seeds; `go test -fuzz
+// FuzzCheckURL ./shared/safehttp` looks for more.
+func FuzzCheckURL(f *testing.F) {
+	for _, seed := range []string{
+		"https://hooks.example.com/x", "http://127.0.0.1/", "https://[::1]/", "https://[::ffff:127.0.0.1]/",
+		"https://0x7f000001/", "https://2130706433/", "https://0177.0.0.1/", "https://127.1/",
+		"https://localhost./", "https://a.localhost/", "https://user:pw@example.com/", "https://example.com:0/",
+		"https://１２７.０.０.１/", "https://[64:ff9b::7f00:1]/", "https://169.254.169.254/latest", "https:///x",
+		"https://%31%32%37.0.0.1/", "https://[fe80::1%25eth0]/", "javascript:alert(1)", "",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		err := CheckURL(raw, Policy{})
+		if err != nil {
+			if _, ok := errors.AsType[*URLError](err); !ok || !errors.Is(err, ErrURLNotAllowed) {
+				t.Fatalf("%q: %v is not a *URLError", raw, err)
+			}
+			return
+		}
+		u, perr := url.Parse(raw)
+		if perr != nil || u.Scheme != "https" || u.User != nil || u.Hostname() == "" {
+			t.Fatalf("accepted %q (parse error %v)", raw, perr)
+		}
+		host := strings.ToLower(strings.TrimSuffix(u.Hostname(), "."))
+		if addr, aerr := netip.ParseAddr(host); aerr == nil && !IsPublic(addr) {
+			t.Fatalf("accepted %q, whose host %s is not public", raw, addr)
+		}
+		if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+			t.Fatalf("accepted %q", raw)
+		}
+	})
+}
