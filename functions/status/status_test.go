@@ -428,6 +428,8 @@ func TestQueueStatus(t *testing.T) {
 		{"UnknownEnvironment", "model-m1.example.com", "/environments/qa/async_queue_status"},
 		{"DeploymentOfAnotherModel", "model-m1.example.com", "/deployment/m2-a/async_queue_status"},
 		{"ChainAsModel", "model-c1.example.com", "/production/async_queue_status"},
+		{"EnvironmentInvalidUTF8", "model-m1.example.com", "/environments/\xffqa/async_queue_status"},
+		{"DeploymentNUL", "api.example.com", "/models/m1/deployment/m1-a\x00/async_queue_status"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()

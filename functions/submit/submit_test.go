@@ -350,6 +350,11 @@ func TestSubmitNotFound(t *testing.T) {
 		{name: "AnotherOrgsModel", kind: "model", id: "om", path: "/production/async_predict", sameAsNope: true},
 		{name: "AnotherOrgsDeployment", kind: "model", id: "om", path: "/deployment/om-a/async_predict", sameAsNope: true},
 		{name: "ChainOnModelsPrefix", kind: "model", id: "c1", path: "/production/async_run_remote", sameAsNope: true},
+		// Postgres text can't hold these; no name stored is one of them.
+		{name: "EnvironmentInvalidUTF8", kind: "model", id: "m1", path: "/environments/qa\xff/async_predict", sameAsNope: true},
+		{name: "EnvironmentNUL", kind: "model", id: "m1", path: "/environments/qa\x00/async_predict", sameAsNope: true},
+		{name: "DeploymentInvalidUTF8", kind: "model", id: "m1", path: "/deployment/m1-a\xff/async_predict", sameAsNope: true},
+		{name: "DeploymentNUL", kind: "model", id: "m1", path: "/deployment/\x00/async_predict", sameAsNope: true},
 	}
 	for _, f := range apitest.Forms {
 		for _, tt := range tests {

@@ -223,6 +223,11 @@ type DeploymentTarget struct {
 // organization, of the other kind, an unknown environment or a deployment of
 // another model are all ErrNotFound.
 func (db *DB) DeploymentResolve(ctx context.Context, t DeploymentTarget) (Deployment, error) {
+	// Names come from the URL as sent; one Postgres text can't hold (invalid
+	// UTF-8, NUL) names nothing stored, and would fail the query.
+	if !textStorable(t.ModelID) || !textStorable(t.Environment) || !textStorable(t.DeploymentID) {
+		return Deployment{}, ErrNotFound
+	}
 	var d Deployment
 	var cred *string
 	var err error

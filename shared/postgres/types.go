@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/openasync/asyncrequest/shared/requestid"
 )
@@ -119,6 +120,11 @@ type rowScanner interface{ Scan(dest ...any) error }
 // since one unstorable byte would fail the whole statement that writes them.
 func storableText(s string) string {
 	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
+// textStorable reports whether Postgres text can hold s as it is.
+func textStorable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsRune(s, 0)
 }
 
 func scanRequest(row rowScanner) (Request, error) {
