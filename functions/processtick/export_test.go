@@ -11,10 +11,16 @@ func SetBatchLimits(p *Processor, claim, complete int) {
 	}
 }
 
+// SetCompleteBatchBytes caps the output bytes per completion statement of
+// p.
+func SetCompleteBatchBytes(p *Processor, n int) { p.completeBatchBytes = n }
+
 // Stats counts p's claim and completion statements and the rows they
 // carried, over its whole life.
 type Stats struct {
 	Claims, Claimed, Writes, Written int64
+	// WriteBytesMax is the most output bytes one completion carried.
+	WriteBytesMax int64
 }
 
 // StatementStats returns p's statement counts.
@@ -22,5 +28,6 @@ func StatementStats(p *Processor) Stats {
 	return Stats{
 		Claims: p.stats.claims.Load(), Claimed: p.stats.claimed.Load(),
 		Writes: p.stats.writes.Load(), Written: p.stats.written.Load(),
+		WriteBytesMax: p.stats.writeBytesMax.Load(),
 	}
 }

@@ -95,10 +95,12 @@ type Processor struct {
 	sweepInterval time.Duration
 	tracer        trace.Tracer
 	// claimBatch and completeBatch cap the requests of one claim and one
+	// completion statement; completeBatchBytes caps the outputs of one
 	// completion statement.
-	claimBatch, completeBatch int
-	// stats counts claim and completion statements and their rows.
-	stats struct{ claims, claimed, writes, written atomic.Int64 }
+	claimBatch, completeBatch, completeBatchBytes int
+	// stats counts claim and completion statements and their rows, and
+	// keeps the most output bytes one completion statement carried.
+	stats struct{ claims, claimed, writes, written, writeBytesMax atomic.Int64 }
 
 	depthMu   sync.Mutex
 	depthSeen map[[2]string]bool // queue-depth series set so far
@@ -128,16 +130,17 @@ func New(o Options) *Processor {
 		tp = otel.GetTracerProvider()
 	}
 	return &Processor{
-		db:            o.DB,
-		cfg:           cfg,
-		log:           cmp.Or(o.Logger, slog.Default()),
-		metrics:       o.Metrics,
-		client:        client,
-		id:            cmp.Or(o.ID, defaultID()),
-		sweepInterval: cmp.Or(o.SweepInterval, SweepIntervalDefault),
-		tracer:        tp.Tracer("github.com/openasync/asyncrequest/functions/processtick"),
-		claimBatch:    claimBatchMax,
-		completeBatch: completeBatchMax,
+		db:                 o.DB,
+		cfg:                cfg,
+		log:                cmp.Or(o.Logger, slog.Default()),
+		metrics:            o.Metrics,
+		client:             client,
+		id:                 cmp.Or(o.ID, defaultID()),
+		sweepInterval:      cmp.Or(o.SweepInterval, SweepIntervalDefault),
+		tracer:             tp.Tracer("github.com/openasync/asyncrequest/functions/processtick"),
+		claimBatch:         claimBatchMax,
+		completeBatch:      completeBatchMax,
+		completeBatchBytes: completeBatchBytesMax,
 	}
 }
 

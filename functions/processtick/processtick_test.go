@@ -653,6 +653,41 @@ func TestTick(t *testing.T) {
 		}
 	})
 
+	t.Run("LargeOutputsSplitAcrossWrites", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t)
+		// The model holds every answer until all requests have arrived, so
+		// the outcomes finish together and would share one statement.
+		const requests, outputSize, limit = 12, 300 << 10, 1 << 20
+		output := `"` + strings.Repeat("x", outputSize-2) + `"`
+		var arrived sync.WaitGroup
+		arrived.Add(requests)
+		m := newModel(t, func(w http.ResponseWriter, r *http.Request) {
+			arrived.Done()
+			arrived.Wait()
+			_, _ = w.Write([]byte(output))
+		})
+		d := b.deploy(m.URL, deployOptions{MaxConcurrency: requests})
+		ids := make([]requestid.ID, requests)
+		for i := range ids {
+			ids[i] = b.submit(d, `{}`)
+		}
+		p := b.processor()
+		processtick.SetCompleteBatchBytes(p, limit)
+		res, err := p.Tick(ctx, 5*time.Second)
+		if err != nil || res.Recorded != requests {
+			t.Fatalf("tick: %+v, %v", res, err)
+		}
+		for _, id := range ids {
+			if r := b.get(id); r.State != postgres.StateSucceeded || len(r.Output) != outputSize {
+				t.Errorf("request %s: %s with %d output bytes", id, r.State, len(r.Output))
+			}
+		}
+		if st := processtick.StatementStats(p); st.WriteBytesMax > limit || st.Writes < requests*outputSize/limit {
+			t.Errorf("%d writes, the largest carrying %d output bytes; want none over %d", st.Writes, st.WriteBytesMax, limit)
+		}
+	})
+
 	t.Run("HandBackWhenContextDies", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

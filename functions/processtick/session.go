@@ -16,6 +16,12 @@ const (
 	claimBatchMax = 1000
 	// completeBatchMax caps one completion statement.
 	completeBatchMax = 1000
+	// completeBatchBytesMax caps the outputs one completion statement
+	// carries (one larger output still goes alone). Postgres refuses a
+	// message over 1 GiB, and outputs run to MaxOutputBytes each: without a
+	// cap, a few hundred large answers finishing together would make a
+	// statement that can never be written.
+	completeBatchBytesMax = 64 << 20
 	// claimTimeout bounds a claim. A claim is not canceled by a stop: one
 	// that committed must hand its rows to attempts, not to the reclaim
 	// sweep.
@@ -269,7 +275,7 @@ func (s *session) completeLoop(ctx context.Context) {
 		}
 		for {
 			s.mu.Lock()
-			n := min(len(s.pending), s.p.completeBatch)
+			n := batchLen(s.pending, s.p.completeBatch, s.p.completeBatchBytes)
 			batch := s.pending[:n:n]
 			s.pending = s.pending[n:]
 			closed := s.closed
@@ -287,13 +293,33 @@ func (s *session) completeLoop(ctx context.Context) {
 	}
 }
 
+// batchLen is how many of the first outcomes of pending one statement
+// writes: at most maxN, with outputs of at most maxBytes in all, but always
+// the first.
+func batchLen(pending []finished, maxN, maxBytes int) int {
+	n, size := 0, 0
+	for n < len(pending) && n < maxN {
+		size += len(pending[n].outcome.Output)
+		if n > 0 && size > maxBytes {
+			break
+		}
+		n++
+	}
+	return n
+}
+
 // write records a batch, retrying while the database is away. It reports
 // false when ctx ended first; the batch's requests stay in flight and are
 // handed back, or reclaimed once their leases run out.
 func (s *session) write(ctx context.Context, batch []finished) bool {
 	outcomes := make([]postgres.AttemptOutcome, len(batch))
+	var size int64
 	for i, f := range batch {
 		outcomes[i] = f.outcome
+		size += int64(len(f.outcome.Output))
+	}
+	for seen := s.p.stats.writeBytesMax.Load(); size > seen && !s.p.stats.writeBytesMax.CompareAndSwap(seen, size); {
+		seen = s.p.stats.writeBytesMax.Load()
 	}
 	backoff := 50 * time.Millisecond
 	var recorded []postgres.RecordedOutcome
