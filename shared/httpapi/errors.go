@@ -52,11 +52,15 @@ var (
 	ErrNotFound         = &Error{Status: http.StatusNotFound, Code: "NOT_FOUND", Message: "not found"}
 	ErrMethodNotAllowed = &Error{Status: http.StatusMethodNotAllowed, Code: "METHOD_NOT_ALLOWED", Message: "method not allowed on this path"}
 	ErrBodyTooLarge     = &Error{Status: http.StatusRequestEntityTooLarge, Code: "BODY_TOO_LARGE", Message: "the request body is larger than 256 KiB"}
-	ErrInvalid          = &Error{Status: http.StatusUnprocessableEntity, Code: "INVALID_FIELD", Message: "a field is invalid"}
-	ErrUnknownField     = &Error{Status: http.StatusUnprocessableEntity, Code: "UNKNOWN_FIELD", Message: "unknown field"}
-	ErrRateLimited      = &Error{Status: http.StatusTooManyRequests, Code: "RATE_LIMITED", Message: "too many requests for this organization; retry after the time in Retry-After"}
-	ErrUnavailable      = &Error{Status: http.StatusServiceUnavailable, Code: "SERVICE_UNAVAILABLE", Message: "the service is temporarily unavailable; retry after the time in Retry-After", RetryAfter: UnavailableRetryAfter}
-	errInternal         = &Error{Status: http.StatusInternalServerError, Code: "INTERNAL_ERROR", Message: "internal error"}
+	// ErrResponseTooLarge answers, on AWS Lambda, a result larger than a
+	// function can return.
+	ErrResponseTooLarge = &Error{Status: http.StatusBadGateway, Code: "RESPONSE_TOO_LARGE",
+		Message: "the answer is larger than AWS Lambda can return (6 MiB); the webhook carries the output in full"}
+	ErrInvalid      = &Error{Status: http.StatusUnprocessableEntity, Code: "INVALID_FIELD", Message: "a field is invalid"}
+	ErrUnknownField = &Error{Status: http.StatusUnprocessableEntity, Code: "UNKNOWN_FIELD", Message: "unknown field"}
+	ErrRateLimited  = &Error{Status: http.StatusTooManyRequests, Code: "RATE_LIMITED", Message: "too many requests for this organization; retry after the time in Retry-After"}
+	ErrUnavailable  = &Error{Status: http.StatusServiceUnavailable, Code: "SERVICE_UNAVAILABLE", Message: "the service is temporarily unavailable; retry after the time in Retry-After", RetryAfter: UnavailableRetryAfter}
+	errInternal     = &Error{Status: http.StatusInternalServerError, Code: "INTERNAL_ERROR", Message: "internal error"}
 )
 
 // UnavailableRetryAfter is the Retry-After sent with a 503 when the database
@@ -156,4 +160,15 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 // retryAfterSeconds rounds d up to whole seconds, at least 1.
 func retryAfterSeconds(d time.Duration) int {
 	return max(1, int(math.Ceil(d.Seconds())))
+}
+
+// ResponseTooLarge answers with ErrResponseTooLarge, logging it on log (which
+// may be nil): a function's replacement for an answer Lambda can't return.
+func ResponseTooLarge(log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if log != nil {
+			log.WarnContext(r.Context(), "answer too large for AWS Lambda", "method", r.Method, "path", r.URL.Path)
+		}
+		WriteError(w, r, nil, ErrResponseTooLarge)
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -41,9 +42,19 @@ import (
 // as text when it is valid UTF-8 and base64-encoded otherwise. As with
 // net/http, a missing Content-Type is sniffed from the body.
 //
+// A response Lambda could not return (over MaxResponseBytes as the event's
+// JSON) is replaced by what tooLarge writes for the same request; with a nil
+// tooLarge, by a 502 saying so. Without this, Lambda fails the invocation and
+// API Gateway answers a bare 500.
+//
 // The returned error is non-nil only for an event no server would have
 // accepted (a malformed path or base64 body); API Gateway answers it with 500.
-func Handler(h http.Handler) func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error) {
+func Handler(h, tooLarge http.Handler) func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error) {
+	if tooLarge == nil {
+		tooLarge = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			http.Error(w, "the response is larger than AWS Lambda can return", http.StatusBadGateway)
+		})
+	}
 	return func(ctx context.Context, event events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error) {
 		r, err := NewRequest(ctx, event)
 		if err != nil {
@@ -51,8 +62,29 @@ func Handler(h http.Handler) func(context.Context, events.APIGatewayV2HTTPReques
 		}
 		w := &responseWriter{header: make(http.Header)}
 		h.ServeHTTP(w, r)
-		return w.response(), nil
+		resp := w.response()
+		if tooLargeForLambda(resp) {
+			w = &responseWriter{header: make(http.Header)}
+			tooLarge.ServeHTTP(w, r)
+			resp = w.response()
+		}
+		return resp, nil
 	}
+}
+
+// MaxResponseBytes is the most a synchronous Lambda invocation returns: the
+// response event as JSON, body escaped or base64-encoded, headers and all.
+const MaxResponseBytes = 6 << 20
+
+// tooLargeForLambda reports whether resp, as the JSON the runtime sends,
+// exceeds MaxResponseBytes. JSON escaping at most sextuples a byte
+// (\u003c for <), so a smaller body needs no measuring.
+func tooLargeForLambda(resp events.APIGatewayV2HTTPResponse) bool {
+	if len(resp.Body) <= MaxResponseBytes/6 {
+		return false
+	}
+	b, err := json.Marshal(resp)
+	return err != nil || len(b) > MaxResponseBytes
 }
 
 // NewRequest builds the *http.Request that Handler serves for event, as

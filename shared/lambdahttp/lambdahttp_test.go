@@ -1,6 +1,7 @@
 package lambdahttp_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -227,7 +228,7 @@ func TestHandlerRequest(t *testing.T) {
 			t.Parallel()
 
 			ctx := context.WithValue(t.Context(), ctxKey{}, "invocation")
-			resp, err := lambdahttp.Handler(echoMux())(ctx, loadEvent(t, tt.event))
+			resp, err := lambdahttp.Handler(echoMux(), nil)(ctx, loadEvent(t, tt.event))
 			if err != nil {
 				t.Fatalf("Handler: %v", err)
 			}
@@ -330,7 +331,7 @@ func TestHandlerResponse(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 
-			got, err := lambdahttp.Handler(tt.handler)(t.Context(), loadEvent(t, "get-query.json"))
+			got, err := lambdahttp.Handler(tt.handler, nil)(t.Context(), loadEvent(t, "get-query.json"))
 			if err != nil {
 				t.Fatalf("Handler: %v", err)
 			}
@@ -351,7 +352,7 @@ func TestHandlerEscapedPath(t *testing.T) {
 	mux.HandleFunc("POST /environments/{env}/async_predict", func(w http.ResponseWriter, r *http.Request) {
 		env, path = r.PathValue("env"), r.URL.Path
 	})
-	resp, err := lambdahttp.Handler(mux)(t.Context(), event)
+	resp, err := lambdahttp.Handler(mux, nil)(t.Context(), event)
 	if err != nil {
 		t.Fatalf("Handler: %v", err)
 	}
@@ -389,7 +390,7 @@ func TestHandlerBadEvent(t *testing.T) {
 			tt.modify(&event)
 			called := false
 			h := http.HandlerFunc(func(http.ResponseWriter, *http.Request) { called = true })
-			_, err := lambdahttp.Handler(h)(t.Context(), event)
+			_, err := lambdahttp.Handler(h, nil)(t.Context(), event)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error %v, want one containing %q", err, tt.want)
 			}
@@ -430,4 +431,51 @@ func TestTestdataIsRecordedShape(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestHandlerResponseTooLarge: an answer Lambda could not return, counted as
+// the JSON the runtime sends (escapes and base64 included), is replaced by
+// what tooLarge writes for the same request.
+func TestHandlerResponseTooLarge(t *testing.T) {
+	t.Parallel()
+	body := func(b []byte) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) { w.Write(b) }
+	}
+	tooLarge := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadGateway)
+		io.WriteString(w, `{"path":"`+r.URL.Path+`"}`)
+	})
+	tests := []struct {
+		name     string
+		handler  http.HandlerFunc
+		replaced bool
+	}{
+		{"UnderTheLimit", body(bytes.Repeat([]byte("a"), 5<<20)), false},
+		{"OverTheLimit", body(bytes.Repeat([]byte("a"), 7<<20)), true},
+		{"OverOnceEscaped", body(bytes.Repeat([]byte("<"), 1200<<10)), true}, // \u003c each
+		{"OverOnceBase64", body(bytes.Repeat([]byte{0xff}, 5<<20)), true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			resp, err := lambdahttp.Handler(tt.handler, tooLarge)(t.Context(), loadEvent(t, "get-query.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if replaced := resp.StatusCode == http.StatusBadGateway; replaced != tt.replaced {
+				t.Fatalf("replaced = %v, want %v (status %d, %d body bytes)", replaced, tt.replaced, resp.StatusCode, len(resp.Body))
+			}
+			if tt.replaced && (resp.Body != `{"path":"/deployment/def456/async_queue_status"}` || resp.Headers["Content-Type"] != "application/json") {
+				t.Errorf("replacement = %s %v", resp.Body, resp.Headers)
+			}
+		})
+	}
+	t.Run("DefaultReplacement", func(t *testing.T) {
+		t.Parallel()
+		resp, err := lambdahttp.Handler(body(bytes.Repeat([]byte("a"), 7<<20)), nil)(t.Context(), loadEvent(t, "get-query.json"))
+		if err != nil || resp.StatusCode != http.StatusBadGateway || !strings.Contains(resp.Body, "larger than AWS Lambda can return") {
+			t.Errorf("%d %q, %v", resp.StatusCode, resp.Body, err)
+		}
+	})
 }

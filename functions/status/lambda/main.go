@@ -11,6 +11,7 @@ import (
 
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/shared/bootstrap"
+	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/lambdahttp"
 )
 
@@ -22,5 +23,5 @@ func main() {
 		Logger:  p.Logger,
 		Metrics: p.Metrics,
 	})
-	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h)), lambda.WithEnableSIGTERM(p.Close))
+	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h, httpapi.ResponseTooLarge(p.Logger))), lambda.WithEnableSIGTERM(p.Close))
 }
