@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -340,4 +341,45 @@ func TestVerify(t *testing.T) {
 			}
 		})
 	}
+}
+
+// FuzzVerify checks that Verify never panics on any headers and body, and
+// accepts a webhook only when it carries the signature that the secret
+// makes for exactly that id, timestamp and body (Standard Webhooks), or for
+// exactly that body (compatibility). `go test` runs the seeds; `go test
+// -fuzz FuzzVerify ./shared/webhook` looks for more.
+func FuzzVerify(f *testing.F) {
+	now := time.Unix(vectorTimestamp, 0)
+	good, err := Signer{Secrets: []string{vectorSecret}, Compat: true}.Headers(vectorMsgID, "r", now, []byte(vectorBody))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(vectorMsgID, strconv.FormatInt(vectorTimestamp, 10), good.Get(HeaderSignature), good.Get(HeaderCompatSignature), []byte(vectorBody))
+	f.Add(vectorMsgID, "1614265330 ", "v1,"+strings.Repeat("A", 44), "v1=", []byte(vectorBody))
+	f.Add("", "-1", "v1, v1,, v2,x", "v1=zz", []byte{})
+	f.Fuzz(func(t *testing.T, id, ts, sig, compat string, body []byte) {
+		h := http.Header{}
+		for k, v := range map[string]string{HeaderID: id, HeaderTimestamp: ts, HeaderSignature: sig, HeaderCompatSignature: compat} {
+			if v != "" {
+				h.Set(k, v)
+			}
+		}
+		res, err := Verify([]string{vectorSecret}, h, body, now)
+		if err != nil {
+			return
+		}
+		if res.Standard {
+			unix, perr := strconv.ParseInt(ts, 10, 64)
+			want, werr := Signer{Secrets: []string{vectorSecret}}.Headers(id, "r", time.Unix(unix, 0), body)
+			if perr != nil || werr != nil || !strings.Contains(sig, want.Get(HeaderSignature)) {
+				t.Fatalf("verified id %q ts %q sig %q body %q without the secret's signature", id, ts, sig, body)
+			}
+		}
+		if res.Compat {
+			want, _ := Signer{Secrets: []string{vectorSecret}, Compat: true}.Headers("x", "r", now, body)
+			if !strings.Contains(compat, strings.TrimPrefix(want.Get(HeaderCompatSignature), "v1=")) {
+				t.Fatalf("verified compat %q body %q without the secret's signature", compat, body)
+			}
+		}
+	})
 }
