@@ -22,7 +22,6 @@ import (
 	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -31,7 +30,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
 
@@ -60,9 +58,6 @@ const (
 	// so a burst of webhooks for one organization costs one query; a
 	// rotation is picked up within it.
 	secretsTTL = 5 * time.Second
-	// listenRetryDelay is the pause before re-establishing a lost LISTEN
-	// connection; the poll carries on meanwhile.
-	listenRetryDelay = 2 * time.Second
 	// recordTimeout bounds recording an outcome, which runs even while the
 	// deliverer is stopping.
 	recordTimeout = 10 * time.Second
@@ -341,47 +336,14 @@ func freedIf(full bool, freed chan struct{}) <-chan struct{} {
 // coalesced in the 1-buffered wake, until ctx ends. A lost connection is
 // re-established; the poll covers the gap.
 func (d *Deliverer) listen(ctx context.Context, wake chan<- struct{}) {
-	for {
-		err := d.listenOnce(ctx, wake)
-		if ctx.Err() != nil {
-			return
-		}
-		d.log.Warn("listen for webhook wake-ups; polling meanwhile", "error", err)
-		t := time.NewTimer(listenRetryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (d *Deliverer) listenOnce(ctx context.Context, wake chan<- struct{}) error {
-	pc, err := d.db.Pool.Acquire(ctx)
-	if err != nil {
-		return fmt.Errorf("acquire connection: %w", err)
-	}
-	// The connection leaves the pool for good: it is closed rather than
-	// returned, so no other query inherits its LISTEN.
-	conn := pc.Hijack()
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		_ = conn.Close(closeCtx)
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{postgres.WebhookWakeChannel}.Sanitize()); err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return fmt.Errorf("wait for notification: %w", err)
-		}
+	d.db.WakeListen(ctx, postgres.WebhookWakeChannel, func() {
 		select {
 		case wake <- struct{}{}:
 		default:
 		}
-	}
+	}, func(err error) {
+		d.log.Warn("listen for webhook wake-ups; polling meanwhile", "error", err)
+	})
 }
 
 // secretCache holds organizations' active secrets for secretsTTL, by the
