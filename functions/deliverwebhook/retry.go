@@ -4,10 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/openasync/asyncrequest/shared/retryafter"
 	"github.com/openasync/asyncrequest/shared/safehttp"
 )
 
@@ -104,34 +103,11 @@ func classify(resp *http.Response, err error, now time.Time) classification {
 	case code >= 300 && code < 400:
 		return classification{verdict: verdictFail, reason: reason + " (redirects are not followed)"}
 	case code == http.StatusTooManyRequests, code == http.StatusServiceUnavailable:
-		after, _ := parseRetryAfter(resp.Header.Get("Retry-After"), now)
+		after, _ := retryafter.Parse(resp.Header.Get("Retry-After"), now, RetryAfterMax)
 		return classification{verdict: verdictRetry, reason: reason, retryAfter: after}
 	case code == http.StatusRequestTimeout, code >= 500:
 		return classification{verdict: verdictRetry, reason: reason}
 	default:
 		return classification{verdict: verdictFail, reason: reason}
 	}
-}
-
-// parseRetryAfter reads a Retry-After header, either delay-seconds or an
-// HTTP-date, as a delay from now, capped at RetryAfterMax. It reports false
-// for an absent or unreadable value; a date in the past is a zero delay.
-func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return 0, false
-	}
-	var d time.Duration
-	secs, err := strconv.ParseUint(v, 10, 64)
-	if errors.Is(err, strconv.ErrRange) || (err == nil && secs > uint64(RetryAfterMax/time.Second)) {
-		return RetryAfterMax, true
-	}
-	if err == nil {
-		d = time.Duration(secs) * time.Second
-	} else if t, err := http.ParseTime(v); err == nil {
-		d = max(0, t.Sub(now))
-	} else {
-		return 0, false
-	}
-	return min(d, RetryAfterMax), true
 }

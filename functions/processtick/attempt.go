@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/retryafter"
 )
 
 // Causes of an attempt's context ending.
@@ -166,7 +166,9 @@ func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result 
 	switch status {
 	case http.StatusTooManyRequests:
 		r := notReady(message)
-		r.retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		if after, ok := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now(), retryAfterMax); ok {
+			r.retryAfter = after
+		}
 		return r
 	case http.StatusInternalServerError:
 		return retryable(postgres.CodeModelPredictError, message)
@@ -246,26 +248,6 @@ func truncate(s string, n int) string {
 		cut--
 	}
 	return s[:cut] + "…"
-}
-
-// parseRetryAfter reads a Retry-After header, in seconds or as an HTTP date,
-// relative to now. It returns a negative duration when the header is absent
-// or unreadable, and zero for a date in the past.
-func parseRetryAfter(v string, now time.Time) time.Duration {
-	v = strings.TrimSpace(v)
-	if v == "" {
-		return -1
-	}
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
-		if secs < 0 {
-			return -1
-		}
-		return time.Duration(min(secs, int64(365*24*time.Hour/time.Second))) * time.Second
-	}
-	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0)
-	}
-	return -1
 }
 
 // startSpan starts the attempt's client span under the request's trace: the

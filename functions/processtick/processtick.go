@@ -49,6 +49,10 @@ const (
 const (
 	// MaxOutputBytes caps a model answer; a larger one fails the request.
 	MaxOutputBytes = 10 << 20
+	// retryAfterMax caps a model's Retry-After at the longest queue time a
+	// request can have (72 h): a longer wait would end in EXPIRED all the
+	// same.
+	retryAfterMax = 72 * time.Hour
 	// sweepBatch is the row limit of one sweep statement; a sweep repeats
 	// it up to sweepRounds times when there is a backlog.
 	sweepBatch  = 1000
