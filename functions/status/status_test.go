@@ -3,7 +3,6 @@ package status_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-lambda-go/events"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -20,7 +18,6 @@ import (
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
-	"github.com/openasync/asyncrequest/shared/lambdahttp"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -502,51 +499,6 @@ func TestResult(t *testing.T) {
 				return
 			}
 			apitest.CheckError(t, rec, tt.status, tt.code, "")
-		})
-	}
-}
-
-// TestResultThroughLambda serves /result as the status function does on
-// AWS Lambda: an output too large for a Lambda answer gets the API's
-// RESPONSE_TOO_LARGE error instead of a failed invocation, and one that fits
-// goes through whole.
-func TestResultThroughLambda(t *testing.T) {
-	t.Parallel()
-	b := setup(t)
-	h := lambdahttp.Handler(b.h, httpapi.ResponseTooLarge(nil))
-	for _, tt := range []struct {
-		name   string
-		size   int // bytes of the output's string
-		status int
-	}{
-		{"Fits", 4 << 20, http.StatusOK},
-		{"TooLarge", 7 << 20, http.StatusBadGateway},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			id := b.insert(b.acme, "m1", false, "m1-a", "")
-			b.exec(id, fmt.Sprintf(`UPDATE async_requests SET state = 'SUCCEEDED', input = NULL,
-				output = convert_to('"' || repeat('x', %d) || '"', 'UTF8') WHERE id = $1`, tt.size))
-			var event events.APIGatewayV2HTTPRequest
-			event.RawPath = "/async_request/" + id + "/result"
-			event.Headers = map[string]string{"host": "model-m1.example.com", "authorization": "Api-Key " + b.key}
-			event.RequestContext.HTTP.Method = http.MethodGet
-			resp, err := h(context.Background(), event)
-			if err != nil || resp.StatusCode != tt.status {
-				t.Fatalf("%d (%d body bytes), %v; want %d", resp.StatusCode, len(resp.Body), err, tt.status)
-			}
-			if tt.status == http.StatusOK {
-				if len(resp.Body) < tt.size {
-					t.Errorf("body of %d bytes, want the %d-byte output in it", len(resp.Body), tt.size)
-				}
-				return
-			}
-			var e struct {
-				Error struct{ Code, Message string } `json:"error"`
-			}
-			if err := json.Unmarshal([]byte(resp.Body), &e); err != nil || e.Error.Code != "RESPONSE_TOO_LARGE" || !strings.Contains(e.Error.Message, "webhook") {
-				t.Errorf("body %s", resp.Body)
-			}
 		})
 	}
 }
