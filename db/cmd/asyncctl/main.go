@@ -18,6 +18,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/sethvargo/go-envconfig"
 
@@ -49,6 +51,12 @@ type errUsage struct{ msg string }
 func (e errUsage) Error() string { return e.msg }
 
 func usageErr(format string, args ...any) error { return errUsage{fmt.Sprintf(format, args...)} }
+
+// printable reports whether s is valid UTF-8 without control characters, as
+// names and URLs stored in the database must be.
+func printable(s string) bool {
+	return utf8.ValidString(s) && !strings.ContainsFunc(s, unicode.IsControl)
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -103,6 +111,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 		if *org == "" {
 			return usageErr("%s: --org is required", cmd)
 		}
+		if !printable(*org) {
+			return usageErr("%s: --org must be printable UTF-8 text", cmd)
+		}
 		return nil
 	}
 
@@ -112,6 +123,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 	case "create-org":
 		if len(pos) != 1 || strings.TrimSpace(pos[0]) == "" {
 			return usageErr("create-org: expected exactly one organization name")
+		}
+		if !printable(pos[0]) {
+			return usageErr("create-org: the organization name must be printable UTF-8 text")
 		}
 		orgName, pos = strings.TrimSpace(pos[0]), pos[1:]
 	case "create-api-key":
@@ -136,7 +150,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 			return usageErr("create-deployment: --id must be 1 to 64 letters, digits, '-' or '_'")
 		}
 		u, err := url.Parse(*rawURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !printable(*rawURL) {
 			return usageErr("create-deployment: --url must be an http or https URL")
 		}
 		if *maxConc < 1 || *maxConc > 100000 {

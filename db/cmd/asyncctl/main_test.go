@@ -95,6 +95,10 @@ func TestCLI(t *testing.T) {
 			{"MissingCredentialVar", []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "https://x", "--credential-env", "NOPE"}, "NOPE"},
 			{"BadSecret", []string{"rotate-webhook-secret", "--org", "acme", "--secret", "hunter2"}, "whsec_"},
 			{"ExtraArgument", []string{"create-org", "a", "b"}, "exactly one"},
+			{"OrgNameNotText", []string{"create-org", "a\xffb"}, "printable"},
+			{"OrgNameControl", []string{"create-org", "a\x01b"}, "printable"},
+			{"OrgFlagNotText", []string{"create-api-key", "--org", "a\xff"}, "printable"},
+			{"URLNotText", []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "https://x/\xff"}, "--url"},
 		}
 		for _, tt := range tests {
 			t.Run(tt.name, func(t *testing.T) {
