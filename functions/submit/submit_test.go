@@ -247,12 +247,13 @@ func TestSubmitValidation(t *testing.T) {
 		return prefix + strings.Repeat("x", size-len(prefix)-len(suffix)) + suffix
 	}
 	tests := []struct {
-		name   string
-		body   string
-		opts   func(*submit.Options)
-		status int
-		code   string
-		field  string
+		name    string
+		body    string
+		headers []string // name, value, ...
+		opts    func(*submit.Options)
+		status  int
+		code    string
+		field   string
 	}{
 		{name: "MalformedJSON", body: `{"model_input": 1`, status: 400, code: "MALFORMED_JSON"},
 		{name: "EmptyBody", body: ``, status: 400, code: "MALFORMED_JSON"},
@@ -301,6 +302,8 @@ func TestSubmitValidation(t *testing.T) {
 		{name: "BodyAtLimit", body: big(256 << 10), status: 201},
 		{name: "BodyTooLarge", body: big(257 << 10), status: 413, code: "BODY_TOO_LARGE"},
 		{name: "BodyOneByteTooLarge", body: big(256<<10 + 1), status: 413, code: "BODY_TOO_LARGE"},
+		{name: "Compressed", body: "\x1f\x8b\x08\x00", headers: []string{"Content-Encoding", "gzip"}, status: 415, code: "UNSUPPORTED_CONTENT_ENCODING"},
+		{name: "IdentityEncoding", body: `{"model_input": 1}`, headers: []string{"Content-Encoding", "identity"}, status: 201},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -310,7 +313,7 @@ func TestSubmitValidation(t *testing.T) {
 				opts = append(opts, tt.opts)
 			}
 			b := setup(t, opts...)
-			rec := b.do(http.MethodPost, "model-m1.api.example.com", "/production/async_predict", tt.body)
+			rec := b.do(http.MethodPost, "model-m1.api.example.com", "/production/async_predict", tt.body, tt.headers...)
 			if tt.status == http.StatusCreated {
 				created(t, rec)
 				if n := b.rows(); n != 1 {

@@ -47,7 +47,9 @@ func (e *Error) Is(target error) bool {
 // Sentinels for the API's own answers. Handlers return them (or an *Error
 // made with Invalid) and WriteError turns them into responses.
 var (
-	ErrMalformedJSON    = &Error{Status: http.StatusBadRequest, Code: "MALFORMED_JSON", Message: "the request body is not valid JSON"}
+	ErrMalformedJSON   = &Error{Status: http.StatusBadRequest, Code: "MALFORMED_JSON", Message: "the request body is not valid JSON"}
+	ErrContentEncoding = &Error{Status: http.StatusUnsupportedMediaType, Code: "UNSUPPORTED_CONTENT_ENCODING",
+		Message: "the request body must not be compressed: send it without Content-Encoding"}
 	ErrUnauthorized     = &Error{Status: http.StatusUnauthorized, Code: "UNAUTHORIZED", Message: "missing or invalid API key: send Authorization: Api-Key <key>"}
 	ErrNotFound         = &Error{Status: http.StatusNotFound, Code: "NOT_FOUND", Message: "not found"}
 	ErrMethodNotAllowed = &Error{Status: http.StatusMethodNotAllowed, Code: "METHOD_NOT_ALLOWED", Message: "method not allowed on this path"}

@@ -55,13 +55,18 @@ func Encode(w http.ResponseWriter, status int, v any) {
 //     body that is not a JSON object;
 //   - ErrUnknownField for a field v has no place for, with Field its dotted
 //     path (such as "inference_retry_config.max_attemps");
-//   - a 422 (ErrInvalid) naming the field whose value has the wrong type.
+//   - a 422 (ErrInvalid) naming the field whose value has the wrong type;
+//   - ErrContentEncoding for a compressed body (a Content-Encoding other
+//     than identity), which would otherwise read as malformed JSON.
 //
 // JSON null leaves a field as it was, so pointer fields read null as
 // absent.
 func Decode(w http.ResponseWriter, r *http.Request, limit int64, v any) ([]byte, error) {
 	if limit <= 0 {
 		limit = MaxBodyBytesDefault
+	}
+	if enc := strings.TrimSpace(r.Header.Get("Content-Encoding")); enc != "" && !strings.EqualFold(enc, "identity") {
+		return nil, ErrContentEncoding
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
