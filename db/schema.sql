@@ -8,7 +8,10 @@ CREATE TABLE public.api_keys (
     prefix text NOT NULL,
     name text DEFAULT ''::text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    revoked_at timestamp with time zone
+    revoked_at timestamp with time zone,
+    scope text DEFAULT 'manage'::text NOT NULL,
+    last_used_at timestamp with time zone,
+    CONSTRAINT api_keys_scope_check CHECK ((scope = ANY (ARRAY['invoke'::text, 'manage'::text])))
 );
 
 ALTER TABLE public.api_keys ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
@@ -62,6 +65,7 @@ CREATE TABLE public.deployments (
     max_concurrency integer NOT NULL,
     upstream_credential text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
     CONSTRAINT deployments_id_check CHECK ((id ~ '^[A-Za-z0-9_-]{1,64}$'::text)),
     CONSTRAINT deployments_max_concurrency_check CHECK (((max_concurrency >= 1) AND (max_concurrency <= 100000)))
 );
@@ -107,6 +111,28 @@ ALTER TABLE public.organizations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTIT
     CACHE 1
 );
 
+CREATE TABLE public.request_attempts (
+    id bigint NOT NULL,
+    request_id uuid NOT NULL,
+    number integer NOT NULL,
+    counted boolean DEFAULT true NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    http_status integer,
+    code text,
+    message text,
+    processor text NOT NULL
+);
+
+ALTER TABLE public.request_attempts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.request_attempts_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE public.schema_migrations (
     version character varying NOT NULL
 );
@@ -127,6 +153,27 @@ CREATE TABLE public.webhook_deliveries (
 
 ALTER TABLE public.webhook_deliveries ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.webhook_deliveries_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE public.webhook_delivery_attempts (
+    id bigint NOT NULL,
+    request_id uuid NOT NULL,
+    delivery_id bigint NOT NULL,
+    sent_at timestamp with time zone NOT NULL,
+    duration_ms integer NOT NULL,
+    http_status integer,
+    outcome text NOT NULL,
+    error text,
+    CONSTRAINT webhook_delivery_attempts_outcome_check CHECK ((outcome = ANY (ARRAY['SUCCEEDED'::text, 'RETRY'::text, 'FAILED'::text])))
+);
+
+ALTER TABLE public.webhook_delivery_attempts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.webhook_delivery_attempts_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -179,11 +226,17 @@ ALTER TABLE ONLY public.organizations
 ALTER TABLE ONLY public.organizations
     ADD CONSTRAINT organizations_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.request_attempts
+    ADD CONSTRAINT request_attempts_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
 
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY public.webhook_delivery_attempts
+    ADD CONSTRAINT webhook_delivery_attempts_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY public.webhook_secrets
     ADD CONSTRAINT webhook_secrets_pkey PRIMARY KEY (id);
@@ -204,11 +257,15 @@ CREATE INDEX deployments_model_id_idx ON public.deployments USING btree (model_i
 
 CREATE INDEX idempotency_keys_created_at_idx ON public.idempotency_keys USING btree (created_at);
 
+CREATE INDEX request_attempts_request_id_idx ON public.request_attempts USING btree (request_id, id);
+
 CREATE INDEX webhook_deliveries_in_progress_idx ON public.webhook_deliveries USING btree (lease_expires_at) WHERE (state = 'IN_PROGRESS'::text);
 
 CREATE INDEX webhook_deliveries_pending_idx ON public.webhook_deliveries USING btree (due_at, id) WHERE (state = 'PENDING'::text);
 
 CREATE INDEX webhook_deliveries_request_id_idx ON public.webhook_deliveries USING btree (request_id);
+
+CREATE INDEX webhook_delivery_attempts_request_id_idx ON public.webhook_delivery_attempts USING btree (request_id, id);
 
 CREATE INDEX webhook_secrets_organization_id_idx ON public.webhook_secrets USING btree (organization_id);
 
@@ -230,8 +287,14 @@ ALTER TABLE ONLY public.idempotency_keys
 ALTER TABLE ONLY public.models
     ADD CONSTRAINT models_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
 
+ALTER TABLE ONLY public.request_attempts
+    ADD CONSTRAINT request_attempts_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.async_requests(id) ON DELETE CASCADE;
+
 ALTER TABLE ONLY public.webhook_deliveries
     ADD CONSTRAINT webhook_deliveries_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.async_requests(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.webhook_delivery_attempts
+    ADD CONSTRAINT webhook_delivery_attempts_request_id_fkey FOREIGN KEY (request_id) REFERENCES public.async_requests(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.webhook_secrets
     ADD CONSTRAINT webhook_secrets_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
@@ -239,3 +302,4 @@ ALTER TABLE ONLY public.webhook_secrets
 
 -- Applied migrations
 INSERT INTO public.schema_migrations VALUES ('20261128000001');
+INSERT INTO public.schema_migrations VALUES ('20261201000001');
