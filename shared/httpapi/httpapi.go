@@ -38,7 +38,7 @@ func Encode(w http.ResponseWriter, status int, v any) {
 		// the API's format without echoing the error.
 		slog.Error("encode response", "error", err)
 		status = http.StatusInternalServerError
-		b = []byte(`{"error":{"code":"INTERNAL_ERROR","message":"internal error"}}`)
+		b = []byte(`{"error":"internal error","error_code":"internal_baseten_error","code":"INTERNAL_ERROR"}`)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -55,7 +55,7 @@ func Encode(w http.ResponseWriter, status int, v any) {
 //     body that is not a JSON object;
 //   - ErrUnknownField for a field v has no place for, with Field its dotted
 //     path (such as "inference_retry_config.max_attemps");
-//   - a 422 (ErrInvalid) naming the field whose value has the wrong type;
+//   - a 400 (ErrInvalid) naming the field whose value has the wrong type;
 //   - ErrContentEncoding for a compressed body (a Content-Encoding other
 //     than identity), which would otherwise read as malformed JSON.
 //
@@ -98,7 +98,7 @@ func DecodeBytes(body []byte, v any) error {
 			return &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body has data after the JSON object"}
 		}
 		if path := unknownFieldPath(reflect.TypeOf(v), body); path != "" {
-			return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
+			return &Error{Status: http.StatusBadRequest, Code: ErrUnknownField.Code, Field: path,
 				Message: "unknown field " + strconv.Quote(path)}
 		}
 		if path := repeatedFieldPath(reflect.TypeOf(v), body); path != "" {
@@ -121,7 +121,7 @@ func DecodeBytes(body []byte, v any) error {
 		if path == "" {
 			path = strings.Trim(name, `"`)
 		}
-		return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
+		return &Error{Status: http.StatusBadRequest, Code: ErrUnknownField.Code, Field: path,
 			Message: "unknown field " + strconv.Quote(path)}
 	}
 	return ErrMalformedJSON

@@ -117,18 +117,18 @@ func TestDecode(t *testing.T) {
 		{name: "String", body: `"x"`, status: 400, code: "MALFORMED_JSON"},
 		{name: "TrailingData", body: `{"model_input": 1} {}`, status: 400, code: "MALFORMED_JSON"},
 		{name: "TypeErrorThenSyntaxError", body: `{"priority": "x", `, status: 400, code: "MALFORMED_JSON"},
-		{name: "UnknownTopLevel", body: `{"model_input": 1, "priorty": 1}`, status: 422, code: "UNKNOWN_FIELD", field: "priorty"},
-		{name: "UnknownNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attemps": 3}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.max_attemps"},
-		{name: "UnknownNestedSameNameAsTopLevel", body: `{"model_input": 1, "inference_retry_config": {"priority": 1}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.priority"},
-		{name: "WrongTypeString", body: `{"model_input": 1, "priority": "high"}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "WrongTypeFloat", body: `{"model_input": 1, "priority": 1.5}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "WrongTypeNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": true}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
-		{name: "WrongTypeObject", body: `{"model_input": 1, "inference_retry_config": 3}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config"},
-		{name: "WrongTypeURL", body: `{"model_input": 1, "webhook_endpoint": 5}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "Overflow", body: `{"model_input": 1, "priority": 1e40}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "Repeated", body: `{"model_input": 1, "priority": 1, "priority": 2}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "RepeatedModelInput", body: `{"model_input": 1, "model_input": 2}`, status: 422, code: "INVALID_FIELD", field: "model_input"},
-		{name: "RepeatedNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attempts": 3}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "UnknownTopLevel", body: `{"model_input": 1, "priorty": 1}`, status: 400, code: "UNKNOWN_FIELD", field: "priorty"},
+		{name: "UnknownNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attemps": 3}}`, status: 400, code: "UNKNOWN_FIELD", field: "inference_retry_config.max_attemps"},
+		{name: "UnknownNestedSameNameAsTopLevel", body: `{"model_input": 1, "inference_retry_config": {"priority": 1}}`, status: 400, code: "UNKNOWN_FIELD", field: "inference_retry_config.priority"},
+		{name: "WrongTypeString", body: `{"model_input": 1, "priority": "high"}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "WrongTypeFloat", body: `{"model_input": 1, "priority": 1.5}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "WrongTypeNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": true}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "WrongTypeObject", body: `{"model_input": 1, "inference_retry_config": 3}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config"},
+		{name: "WrongTypeURL", body: `{"model_input": 1, "webhook_endpoint": 5}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "Overflow", body: `{"model_input": 1, "priority": 1e40}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "Repeated", body: `{"model_input": 1, "priority": 1, "priority": 2}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "RepeatedModelInput", body: `{"model_input": 1, "model_input": 2}`, status: 400, code: "INVALID_FIELD", field: "model_input"},
+		{name: "RepeatedNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attempts": 3}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
 		{name: "RepeatedInsideModelInputIsTheModels", body: `{"model_input": {"a": 1, "a": 2}}`},
 	}
 	for _, tt := range tests {
@@ -207,15 +207,15 @@ func TestWriteError(t *testing.T) {
 		field      string
 		retryAfter string
 	}{
-		{name: "APIError", err: httpapi.Invalid("priority", "priority must be between 0 and 2"), status: 422, code: "INVALID_FIELD", field: "priority"},
+		{name: "APIError", err: httpapi.Invalid("priority", "priority must be between 0 and 2"), status: 400, code: "INVALID_FIELD", field: "priority"},
 		{name: "WrappedAPIError", err: fmt.Errorf("ctx: %w", httpapi.ErrMethodNotAllowed), status: 405, code: "METHOD_NOT_ALLOWED"},
 		{name: "NotFound", err: fmt.Errorf("get: %w", postgres.ErrNotFound), status: 404, code: "NOT_FOUND"},
-		{name: "IdempotencyMismatch", err: fmt.Errorf("insert: %w", postgres.ErrIdempotencyMismatch), status: 422, code: "IDEMPOTENCY_KEY_REUSED", field: "Idempotency-Key"},
+		{name: "IdempotencyMismatch", err: fmt.Errorf("insert: %w", postgres.ErrIdempotencyMismatch), status: 400, code: "IDEMPOTENCY_KEY_REUSED", field: "Idempotency-Key"},
 		{name: "IdempotencyInFlight", err: fmt.Errorf("insert: %w", postgres.ErrIdempotencyInFlight), status: 409, code: "IDEMPOTENCY_KEY_IN_FLIGHT", field: "Idempotency-Key"},
 		{name: "RedeliverNoWebhook", err: postgres.ErrRedeliverNoWebhook, status: 409, code: "NO_WEBHOOK_ENDPOINT"},
 		{name: "RedeliverNotFinal", err: postgres.ErrRedeliverNotFinal, status: 409, code: "REQUEST_NOT_FINISHED"},
 		{name: "RedeliverOutputGone", err: postgres.ErrRedeliverOutputGone, status: 409, code: "OUTPUT_EXPIRED"},
-		{name: "URLError", err: safehttp.CheckURL("http://example.com/hook", safehttp.Policy{}), status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "URLError", err: safehttp.CheckURL("http://example.com/hook", safehttp.Policy{}), status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "RateLimited", err: &httpapi.Error{Status: 429, Code: "RATE_LIMITED", Message: "slow down", RetryAfter: 1500 * time.Millisecond}, status: 429, code: "RATE_LIMITED", retryAfter: "2"},
 		{name: "DeadlineExceeded", err: fmt.Errorf("query: %w", context.DeadlineExceeded), status: 503, code: "SERVICE_UNAVAILABLE", retryAfter: "5"},
 		{name: "Unexpected", err: secret, status: 500, code: "INTERNAL_ERROR"},
@@ -507,7 +507,7 @@ func FuzzDecodeBytes(f *testing.F) {
 		}
 		switch {
 		case apiErr.Status == http.StatusBadRequest && apiErr.Code == "MALFORMED_JSON" && apiErr.Field == "":
-		case apiErr.Status == http.StatusUnprocessableEntity && apiErr.Field != "" && apiErr.Message != "":
+		case apiErr.Status == http.StatusBadRequest && apiErr.Field != "" && apiErr.Message != "":
 		case apiErr.Code == "UNKNOWN_FIELD" && apiErr.Field == "" && apiErr.Message == `unknown field ""`: // {"": ...}
 		default:
 			t.Fatalf("%q: answered %+v", body, apiErr)
