@@ -1,10 +1,18 @@
 // Package httpapi is what the public API's handlers (submit and status)
-// share: the JSON encode and decode helpers, the error format and the one
-// mapping from errors to statuses, the middleware that reads the model from
-// the Host header or the path, API-key authentication, per-organization
-// rate limits, a router that answers unknown paths and wrong methods in the
-// API's JSON error format, and Mux, which serves submit and status together
-// the way the API gateway does.
+// share: the route table, the JSON encode and decode helpers, the error
+// format and the one mapping from errors to statuses, the middleware that
+// reads the model from the Host header or the path, API-key
+// authentication, per-organization rate limits, and the routers.
+//
+// Routes (routes.go) is the one table of the API's routes: method,
+// pattern, the function that serves it, the auth it needs, its scope
+// (which forms of model routing apply) and its handler's name. Each
+// function's New hands NewRouter its handlers by name; Mux serves both
+// functions on one listener (the dev harness, the API server) by the
+// table; the tests check template.yaml and the OpenAPI document against
+// it. To add a route: write the handler and add it to its function's
+// Handlers under a new name, add one Route, and add its events (one per
+// Route.Paths) to template.yaml.
 package httpapi
 
 import (

@@ -43,6 +43,7 @@ func TestWithTarget(t *testing.T) {
 
 	model := func(id string) httpapi.Target { return httpapi.Target{Kind: postgres.KindModel, ID: id} }
 	chain := func(id string) httpapi.Target { return httpapi.Target{Kind: postgres.KindChain, ID: id} }
+	prefixed := func(t httpapi.Target) httpapi.Target { t.Prefixed = true; return t }
 	tests := []struct {
 		name     string
 		host     string
@@ -60,9 +61,9 @@ func TestWithTarget(t *testing.T) {
 		{name: "HostEmptyID", host: "model-.example.com", path: "/x", wantPath: "/x"},
 		{name: "HostBadID", host: "model-a%b.example.com", path: "/x", wantPath: "/x"},
 		{name: "OtherHost", host: "api.example.com", path: "/x", wantPath: "/x"},
-		{name: "ModelPath", host: "api.example.com", path: "/models/abc/production/async_predict", want: model("abc"), wantOK: true, wantPath: "/production/async_predict"},
-		{name: "ChainPath", host: "api.example.com", path: "/chains/c-1/async_request/ff", want: chain("c-1"), wantOK: true, wantPath: "/async_request/ff"},
-		{name: "PathWinsOverHost", host: "model-serving.example.com", path: "/chains/c1/development/async_run_remote", want: chain("c1"), wantOK: true, wantPath: "/development/async_run_remote"},
+		{name: "ModelPath", host: "api.example.com", path: "/models/abc/production/async_predict", want: prefixed(model("abc")), wantOK: true, wantPath: "/production/async_predict"},
+		{name: "ChainPath", host: "api.example.com", path: "/chains/c-1/async_request/ff", want: prefixed(chain("c-1")), wantOK: true, wantPath: "/async_request/ff"},
+		{name: "PathWinsOverHost", host: "model-serving.example.com", path: "/chains/c1/development/async_run_remote", want: prefixed(chain("c1")), wantOK: true, wantPath: "/development/async_run_remote"},
 		{name: "PathPrefixAlone", host: "api.example.com", path: "/models/abc", notFound: true},
 		{name: "PathPrefixBadID", host: "api.example.com", path: "/models/a.b/production/async_predict", notFound: true},
 		{name: "PathPrefixEmptyID", host: "api.example.com", path: "/models//production/async_predict", notFound: true},
@@ -308,6 +309,12 @@ func TestMux(t *testing.T) {
 		{"POST", "/async_request/abc/webhook", "status"},
 		{"GET", "/production/async_queue_status", "status"},
 		{"GET", "/unknown", "status"},
+		{"POST", "/async_predict", "submit"},
+		{"POST", "/async_run_remote", "submit"},
+		{"GET", "/async_queue_status", "status"},
+		{"POST", "/models/abc/async_predict", "status"}, // regional routes have no prefix form
+		{"POST", "//production/async_predict", "status"},
+		{"POST", "/production/async_predict/", "status"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.ReplaceAll(tt.method+tt.path, "/", "_"), func(t *testing.T) {
