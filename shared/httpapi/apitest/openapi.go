@@ -2,8 +2,8 @@ package apitest
 
 import (
 	"net/http"
-	"net/url"
 	"net/http/httptest"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
