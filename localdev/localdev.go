@@ -169,7 +169,7 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 			}
 			log.Info("throwaway postgres removed")
 		}()
-		h.cfg.Database.URL = pg.URL
+		h.cfg.Database.URL = pg.DatabaseURL(ThrowawayDatabase)
 		dbNote = "throwaway (" + pg.Kind + "), removed on exit"
 	}
 	url, err := h.cfg.Database.ConnString()

@@ -32,7 +32,7 @@ import (
 const usage = `usage: asyncctl <command> [flags]
 
 commands:
-  migrate                                   apply pending database migrations
+  migrate                                   create the database if missing, apply pending migrations
   create-org <name>                         create an organization (no-op if it exists)
   create-api-key --org <name> [--name <label>]
                                             create an API key; it is printed once, only its hash is stored
@@ -191,7 +191,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 	}
 	connString, _ := cfg.Database.ConnString()
 	if cmd == "migrate" {
-		if err := db.Migrate(ctx, connString, false, stdout); err != nil {
+		if err := db.Migrate(ctx, connString, true, stdout); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "database at migration", db.LatestVersion())

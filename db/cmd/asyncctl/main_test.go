@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
@@ -113,4 +116,36 @@ func TestCLI(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestMigrateCreatesDatabase runs migrate against a database the server
+// does not have: it is created and migrated.
+func TestMigrateCreatesDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u, err := url.Parse(pgtest.ServerURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "asyncctl_migrate_" + strings.ToLower(rand.Text()[:8])
+	u.Path = "/" + name
+	t.Cleanup(func() {
+		if conn, err := pgx.Connect(context.Background(), pgtest.ServerURL(t)); err == nil {
+			_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			conn.Close(context.Background())
+		}
+	})
+	var out, errOut bytes.Buffer
+	env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": u.String()})
+	if code := run(ctx, []string{"migrate"}, &out, &errOut, env); code != 0 {
+		t.Fatalf("migrate = %d %s %s", code, out.String(), errOut.String())
+	}
+	pg, err := postgres.Open(ctx, u.String(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	if _, err := pg.OrganizationEnsure(ctx, "acme"); err != nil {
+		t.Fatalf("the migrated database: %v", err)
+	}
 }
