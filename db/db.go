@@ -19,9 +19,9 @@ import (
 	"strings"
 
 	"github.com/amacneil/dbmate/v2/pkg/dbmate"
+	_ "github.com/amacneil/dbmate/v2/pkg/driver/postgres" // registers the postgres driver with dbmate
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/amacneil/dbmate/v2/pkg/driver/postgres" // registers the postgres driver with dbmate
 )
 
 // Migrations holds db/migrations/*.sql.
