@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 )
@@ -29,7 +30,7 @@ func TestCLI(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(pg.Close)
-		env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": dbURL, "UPSTREAM_KEY": "s3cret"})
+		env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": dbURL, "UPSTREAM_KEY": "s3cret", "UPSTREAM_CREDENTIAL_KEYS": pgtest.CredentialKeys})
 		return func(args ...string) (int, string, string) {
 			var out, errOut bytes.Buffer
 			code := run(ctx, args, &out, &errOut, env)
@@ -62,8 +63,16 @@ func TestCLI(t *testing.T) {
 			t.Fatalf("printed key does not authenticate: %v", err)
 		}
 		d, err := pg.DeploymentResolve(ctx, postgres.DeploymentTarget{OrganizationID: org, ModelID: "m1", Kind: postgres.KindModel, Environment: "development"})
-		if err != nil || d.ID != "d1" || d.MaxConcurrency != 4 || d.UpstreamCredential != "s3cret" {
+		if err != nil || d.ID != "d1" || d.MaxConcurrency != 4 || d.UpstreamCredential != "" {
 			t.Fatalf("deployment = %+v, %v", d, err)
+		}
+		var stored string
+		if err := pg.Pool.QueryRow(ctx, `SELECT upstream_credential FROM deployments WHERE id = 'd1'`).Scan(&stored); err != nil {
+			t.Fatal(err)
+		}
+		keys, _ := credential.ParseKeys(pgtest.CredentialKeys)
+		if plain, err := keys.Open(stored, "d1"); err != nil || plain != "s3cret" || strings.Contains(stored, "s3cret") {
+			t.Fatalf("stored credential %q opens to %q, %v; want it sealed, opening to s3cret", stored, plain, err)
 		}
 		code, secret, _ := run("rotate-webhook-secret", "--org", "acme")
 		if code != 0 || !strings.HasPrefix(secret, "whsec_") {
@@ -147,5 +156,17 @@ func TestMigrateCreatesDatabase(t *testing.T) {
 	defer pg.Close()
 	if _, err := pg.OrganizationEnsure(ctx, "acme"); err != nil {
 		t.Fatalf("the migrated database: %v", err)
+	}
+}
+
+// TestCredentialWithoutKey refuses a deployment with a credential when no
+// key is configured to encrypt it, before touching the database.
+func TestCredentialWithoutKey(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none", "UPSTREAM_KEY": "s3cret"})
+	code := run(context.Background(), []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "https://x", "--credential-env", "UPSTREAM_KEY"}, &out, &errOut, env)
+	if code != 2 || !strings.Contains(errOut.String(), "UPSTREAM_CREDENTIAL_KEYS") || strings.Contains(errOut.String(), "s3cret") {
+		t.Fatalf("exit %d, stderr %q; want 2 naming UPSTREAM_CREDENTIAL_KEYS", code, errOut.String())
 	}
 }

@@ -26,6 +26,7 @@ import (
 	"github.com/peterldowns/pgtestdb"
 
 	"github.com/openasync/asyncrequest/db"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/throwaway"
 )
@@ -147,11 +148,19 @@ func requireServer(t testing.TB) {
 	}
 }
 
-// New returns a pool on a fresh, migrated database of the test's own.
+// CredentialKeys is the UPSTREAM_CREDENTIAL_KEYS of tests: the pools New
+// returns seal and open upstream credentials with it.
+const CredentialKeys = "chHXwHGJrHvtG75dGoGBfw3okNhjvBZsQhC+bn/SVcc="
+
+// New returns a pool on a fresh, migrated database of the test's own, with
+// CredentialKeys.
 func New(t testing.TB) *postgres.DB {
 	t.Helper()
 	pg, err := postgres.Open(context.Background(), URL(t), 20)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if pg.Credentials, err = credential.ParseKeys(CredentialKeys); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pg.Close)
