@@ -160,11 +160,11 @@ func (db *DB) ModelCreate(ctx context.Context, m Model) error {
 
 // Deployment is a deployment of a model.
 type Deployment struct {
-	ID                 string
-	ModelID            string
-	URL                string
-	Environments       []string
-	MaxConcurrency     int
+	ID             string
+	ModelID        string
+	URL            string
+	Environments   []string
+	MaxConcurrency int
 	// UpstreamCredential is what the processor sends the model as its
 	// Authorization (empty: none). DeploymentCreate stores it sealed
 	// (DB.Credentials); it is never read back into a Deployment.
