@@ -290,7 +290,9 @@ type RecordedOutcome struct {
 // lease on, in one statement, and returns those it recorded: an outcome for
 // a request whose lease was reclaimed meanwhile is ignored, so a processor
 // that lost its lease can't overwrite the newer attempt. Final states
-// (SUCCEEDED, FAILED) drop the input, set the retention times and, for a
+// (SUCCEEDED, FAILED) set the retention times; SUCCEEDED drops the input,
+// FAILED keeps it (so the request can be retried) until the output's
+// retention ends (see RetentionPurge); and, for a
 // request with a pending webhook, queue its delivery in the same statement
 // and wake the deliverers when the transaction commits.
 func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
@@ -358,7 +360,7 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 				due_at = CASE WHEN o.state = 'QUEUED' THEN now() + make_interval(secs => o.delay_s) ELSE r.due_at END,
 				lease_owner = NULL, lease_expires_at = NULL, status_at = now(),
 				output = o.output,
-				input = CASE WHEN o.state = 'QUEUED' THEN r.input END,
+				input = CASE WHEN o.state IN ('QUEUED', 'FAILED') THEN r.input END,
 				finished_at = CASE WHEN o.state <> 'QUEUED' THEN now() END,
 				purge_at = CASE WHEN o.state <> 'QUEUED' THEN now() + make_interval(secs => $8) END,
 				output_expires_at = CASE WHEN o.state <> 'QUEUED' AND r.webhook_state <> 'PENDING'
@@ -503,7 +505,8 @@ type ExpiredRequest struct {
 
 // RequestExpireBatch moves up to limit QUEUED requests whose queue deadline
 // has passed to EXPIRED, keeping the errors seen so far, with the same side
-// effects as any final state: input dropped, retention set, webhook queued.
+// effects as FAILED: input kept for a retry until the output's retention
+// ends, retention set, webhook queued.
 // It returns the expired requests. The rows are locked (and their state
 // checked again on the newest version) by the inner query, then updated by
 // primary key: a join the planner could turn inside out, with statistics
@@ -514,7 +517,7 @@ func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredReque
 		rows, err := tx.Query(ctx, `
 			WITH done AS (
 				UPDATE async_requests r SET
-					state = 'EXPIRED', status_at = now(), finished_at = now(), input = NULL,
+					state = 'EXPIRED', status_at = now(), finished_at = now(),
 					purge_at = now() + make_interval(secs => $2),
 					output_expires_at = CASE WHEN r.webhook_state <> 'PENDING' THEN now() + make_interval(secs => $3) END
 				WHERE r.id = ANY (ARRAY(
@@ -563,7 +566,8 @@ type PurgeCounts struct {
 }
 
 // RetentionPurge deletes up to limit request rows past their purge time, clears
-// up to limit outputs past their retention, and deletes up to limit
+// up to limit outputs past their retention (and the inputs kept with them
+// for a retry of a FAILED or EXPIRED request), and deletes up to limit
 // idempotency keys older than IdempotencyWindow, oldest first. The order
 // also keeps the planner on the retention indexes: without it, statistics
 // that predate the finished rows can make a sequential scan of the whole
@@ -578,7 +582,7 @@ func (db *DB) RetentionPurge(ctx context.Context, limit int) (PurgeCounts, error
 	}
 	c.Requests = tag.RowsAffected()
 	tag, err = db.Pool.Exec(ctx, `
-		UPDATE async_requests SET output = NULL, output_expires_at = NULL WHERE id IN (
+		UPDATE async_requests SET output = NULL, input = NULL, output_expires_at = NULL WHERE id IN (
 			SELECT id FROM async_requests WHERE output_expires_at < now() ORDER BY output_expires_at LIMIT $1)`, limit)
 	if err != nil {
 		return c, fmt.Errorf("purge outputs: %w", err)

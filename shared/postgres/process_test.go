@@ -275,6 +275,65 @@ func TestSweeps(t *testing.T) {
 	})
 }
 
+// TestInputRetention: SPEC §7. A request's input goes when it succeeds or
+// is canceled; after FAILED or EXPIRED it stays, for a retry, until the
+// output's retention ends, and the retention sweep then clears it.
+func TestInputRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	var orgID int64
+	if err := db.Pool.QueryRow(ctx, `SELECT id FROM organizations`).Scan(&orgID); err != nil {
+		t.Fatal(err)
+	}
+	succeeded, failed, expired, canceled := submit(), submit(), submit(func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = 0 }), submit()
+	if _, _, err := db.RequestCancel(ctx, orgID, canceled); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RequestExpireBatch(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 2, LeaseDuration: time.Minute}); err != nil || len(claimed) != 2 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	if _, err := db.RequestCompleteBatch(ctx, "p", []postgres.AttemptOutcome{
+		{ID: succeeded, State: postgres.StateSucceeded, Output: []byte(`1`)},
+		{ID: failed, State: postgres.StateFailed, Error: &postgres.AttemptError{Code: postgres.CodeModelInvalidInput, Message: "no"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kept := func(id requestid.ID) bool {
+		t.Helper()
+		var has bool
+		if err := db.Pool.QueryRow(ctx, `SELECT input IS NOT NULL FROM async_requests WHERE id = $1`, id).Scan(&has); err != nil {
+			t.Fatal(err)
+		}
+		return has
+	}
+	for id, want := range map[requestid.ID]bool{succeeded: false, canceled: false, failed: true, expired: true} {
+		if got := kept(id); got != want {
+			t.Errorf("%s (%s): input kept %v, want %v", id, scalarState(t, db, id), got, want)
+		}
+	}
+	// Until the output's retention ends, the sweep leaves the inputs alone.
+	if _, err := db.RetentionPurge(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if !kept(failed) || !kept(expired) {
+		t.Fatal("the retention sweep cleared an input before the output's retention ended")
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET output_expires_at = now() - interval '1 second'
+		WHERE id = ANY($1)`, []requestid.ID{failed, expired}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RetentionPurge(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if kept(failed) || kept(expired) {
+		t.Error("the retention sweep kept an input past the output's retention")
+	}
+}
+
 func TestRequestLeaseRenew(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
