@@ -879,3 +879,38 @@ func TestLeaseLost(t *testing.T) {
 		t.Errorf("row is %q, want it left to the new owner", owner)
 	}
 }
+
+// TestPausedDeployment: nothing of a paused deployment is claimed while
+// another deployment's queue runs, its queue deadlines still run out, and
+// once resumed its queue is worked off.
+func TestPausedDeployment(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	m := newModel(t, answer(200, `{}`))
+	paused, running := b.deploy(m.URL, deployOptions{MaxConcurrency: 4}), b.deploy(m.URL, deployOptions{MaxConcurrency: 4})
+	if _, err := b.db.Pool.Exec(context.Background(), `UPDATE deployments SET paused = true WHERE id = $1`, paused.ID); err != nil {
+		t.Fatal(err)
+	}
+	held, expiring := b.submit(paused, `{}`), b.submit(paused, `{}`, func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = time.Second })
+	var others []requestid.ID
+	for range 5 {
+		others = append(others, b.submit(running, `{}`))
+	}
+	b.run(b.processor())
+	for _, id := range others {
+		b.waitState(id, postgres.StateSucceeded)
+	}
+	if r := b.waitState(expiring, postgres.StateExpired); r.Attempts != 0 {
+		t.Errorf("expired request of a paused deployment: attempts %d", r.Attempts)
+	}
+	if r := b.get(held); r.State != postgres.StateQueued || r.Attempts != 0 {
+		t.Fatalf("request of a paused deployment: state %s, attempts %d; want QUEUED, 0", r.State, r.Attempts)
+	}
+	if n := m.callCount(); n != len(others) {
+		t.Errorf("model called %d times, want %d (the running deployment's requests only)", n, len(others))
+	}
+	if _, err := b.db.Pool.Exec(context.Background(), `UPDATE deployments SET paused = false WHERE id = $1`, paused.ID); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState(held, postgres.StateSucceeded)
+}

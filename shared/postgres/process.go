@@ -137,7 +137,9 @@ type RequestClaimParams struct {
 // RequestClaimBatch moves up to Limit due requests to IN_PROGRESS for Owner
 // in one statement, counting the attempt, and returns them in claim order:
 // priority, due time, id. A request is due when it is QUEUED, its due time
-// has come and its queue deadline has not. No deployment gets more
+// has come, its queue deadline has not, and its deployment is not paused
+// (a paused deployment's queue waits, its deadlines still running out: the
+// expiry sweep is not held back). No deployment gets more
 // IN_PROGRESS requests than its max_concurrency, whatever the number of
 // processors: claims are serialized by an advisory lock held for the claim's
 // short transaction. Rows locked by a concurrent cancel are skipped, and the
@@ -184,6 +186,7 @@ func (db *DB) RequestClaimBatch(ctx context.Context, p RequestClaimParams) ([]Cl
 						ORDER BY ip.lease_expires_at
 						LIMIT d.max_concurrency) running)))
 			) q
+			WHERE NOT d.paused
 			ORDER BY q.priority, q.due_at, q.id
 			LIMIT $2
 		), locked AS (
