@@ -60,6 +60,8 @@ type result struct {
 	// retryAfter is the model's Retry-After for back-pressure; negative when
 	// it sent none.
 	retryAfter time.Duration
+	// status is the model's HTTP status; 0 when it did not answer.
+	status int
 }
 
 // label is the outcome label of the attempts metric.
@@ -123,7 +125,7 @@ func (p *Processor) call(ctx context.Context, c postgres.ClaimedRequest) result 
 	return r
 }
 
-func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result {
+func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) (r result) {
 	endpoint := "/predict"
 	if c.IsChain {
 		endpoint = "/run_remote"
@@ -146,6 +148,7 @@ func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result 
 		return callError(ctx, err)
 	}
 	defer resp.Body.Close()
+	defer func() { r.status = resp.StatusCode }()
 	body, readErr := io.ReadAll(io.LimitReader(resp.Body, MaxOutputBytes+1))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
 

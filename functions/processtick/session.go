@@ -246,7 +246,9 @@ func (s *session) worker() {
 			m.Attempts.WithLabelValues(r.label()).Inc()
 			m.InferenceDuration.Observe(time.Since(began).Seconds())
 		}
-		s.finish(finished{req: c, result: r, outcome: s.p.decide(c, r)})
+		o := s.p.decide(c, r)
+		o.StartedAt, o.FinishedAt, o.HTTPStatus = began, time.Now(), r.status
+		s.finish(finished{req: c, result: r, outcome: o})
 		a.cancel(nil)
 	}
 }

@@ -280,6 +280,11 @@ type AttemptOutcome struct {
 	// last recorded error is not appended again, so a long back-pressure wait
 	// leaves one entry, not one per poll.
 	Uncount bool
+	// StartedAt and FinishedAt bound the model call, for the attempt's
+	// history row; zero means the claim's start and the write's time.
+	StartedAt, FinishedAt time.Time
+	// HTTPStatus is the model's answer; 0 when there was none.
+	HTTPStatus int
 }
 
 // RecordedOutcome is an outcome that was recorded.
@@ -314,7 +319,8 @@ func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes [
 }
 
 // completeAttempts applies outcomes, each guarded by its expected lease
-// owner, in one statement that also queues the webhooks and sends the
+// owner, in one statement that also writes each model answer's
+// request_attempts row (processor: the lease owner), queues the webhooks and sends the
 // wake-ups the new states call for (delivered on commit): the deliverers'
 // when a webhook was queued, the processors' when a request is due again
 // at once.
@@ -335,8 +341,18 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 	errs := make([]string, n)
 	delays := make([]float64, n)
 	uncount := make([]bool, n)
+	started := make([]*time.Time, n)
+	ended := make([]*time.Time, n)
+	statuses := make([]int32, n)
 	for i, o := range outcomes {
 		ids[i], states[i], delays[i], uncount[i] = o.ID, string(o.State), o.Delay.Seconds(), o.Uncount
+		statuses[i] = int32(o.HTTPStatus)
+		if !o.StartedAt.IsZero() {
+			started[i] = &o.StartedAt
+		}
+		if !o.FinishedAt.IsZero() {
+			ended[i] = &o.FinishedAt
+		}
 		if o.State == StateSucceeded {
 			outputs[i] = o.Output
 		}
@@ -350,8 +366,9 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 	}
 	return queryByKey(ctx, q, scanRecorded, `
 		WITH o AS (
-			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[])
-				AS o(id, owner, state, output, error, delay_s, uncount)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[],
+				$12::timestamptz[], $13::timestamptz[], $14::int[])
+				AS o(id, owner, state, output, error, delay_s, uncount, started_at, finished_at, http_status)
 		), done AS (
 			UPDATE async_requests r SET
 				state = o.state,
@@ -370,7 +387,18 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 					THEN now() + make_interval(secs => $9) END
 			FROM o
 			WHERE r.id = ANY($1) AND r.id = o.id AND r.lease_owner = o.owner
-			RETURNING r.id, r.state, r.webhook_state, r.due_at <= now() AS due
+			RETURNING r.id, r.state, r.webhook_state, r.due_at <= now() AS due,
+				r.attempts + CASE WHEN o.uncount THEN 1 ELSE 0 END AS number, NOT o.uncount AS counted,
+				coalesce(o.started_at, r.started_at, now()) AS attempt_started_at, o.finished_at AS attempt_finished_at,
+				o.http_status, o.error, o.owner
+		), history AS (
+			-- One row per model answer: a hand-back (uncounted, no error)
+			-- is no answer.
+			INSERT INTO request_attempts (request_id, number, counted, started_at, finished_at, http_status, code, message, processor)
+			SELECT id, number, counted, attempt_started_at, coalesce(attempt_finished_at, now()), nullif(http_status, 0),
+				nullif(error, '')::jsonb ->> 'code', nullif(error, '')::jsonb ->> 'message', owner
+			FROM done
+			WHERE counted OR error <> ''
 		), hooks AS (
 			INSERT INTO webhook_deliveries (request_id, state, due_at)
 			SELECT id, 'PENDING', now() FROM done WHERE state <> 'QUEUED' AND webhook_state = 'PENDING'
@@ -383,7 +411,8 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 		SELECT id, state, webhook_state FROM done
 		WHERE (SELECT count(*) FROM wake) >= 0 -- runs wake, once`,
 		ids, owners, states, outputs, errs, delays, uncount,
-		db.statusRetention().Seconds(), db.outputRetention().Seconds(), WebhookWakeChannel, WakeChannel)
+		db.statusRetention().Seconds(), db.outputRetention().Seconds(), WebhookWakeChannel, WakeChannel,
+		started, ended, statuses)
 }
 
 func scanRecorded(row pgx.CollectableRow) (RecordedOutcome, error) {

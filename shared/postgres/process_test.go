@@ -275,6 +275,119 @@ func TestSweeps(t *testing.T) {
 	})
 }
 
+// TestAttemptHistory: each model answer recorded by a completion batch, and
+// each lost-lease reclaim, writes its request_attempts row in the same
+// statement; a hand-back and an outcome whose lease was lost write none.
+func TestAttemptHistory(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	if _, err := db.Pool.Exec(ctx, `UPDATE deployments SET max_concurrency = 10`); err != nil {
+		t.Fatal(err)
+	}
+	ok, retried, waited, handed, stolen, lost := submit(), submit(), submit(), submit(), submit(), submit()
+	if claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p1", Limit: 6, LeaseDuration: time.Minute}); err != nil || len(claimed) != 6 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET lease_owner = 'p2' WHERE id = $1`, stolen); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now().Add(-time.Second).Truncate(time.Microsecond)
+	ended := began.Add(250 * time.Millisecond)
+	rec, err := db.RequestCompleteBatch(ctx, "p1", []postgres.AttemptOutcome{
+		{ID: ok, State: postgres.StateSucceeded, Output: []byte(`1`), HTTPStatus: 200, StartedAt: began, FinishedAt: ended},
+		{ID: retried, State: postgres.StateQueued, Delay: time.Hour, HTTPStatus: 503,
+			Error: &postgres.AttemptError{Code: postgres.CodeModelUnavailable, Message: "model answered 503"}},
+		{ID: waited, State: postgres.StateQueued, Uncount: true, Delay: time.Hour, HTTPStatus: 429,
+			Error: &postgres.AttemptError{Code: postgres.CodeModelNotReady, Message: "model answered 429"}},
+		{ID: handed, State: postgres.StateQueued, Uncount: true},
+		{ID: stolen, State: postgres.StateSucceeded, Output: []byte(`2`), HTTPStatus: 200},
+	})
+	if err != nil || len(rec) != 4 {
+		t.Fatalf("complete: %v, %d recorded", err, len(rec))
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET lease_expires_at = now() - interval '1 second' WHERE id = $1`, lost); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := db.RequestReclaimLost(ctx, 100); err != nil || len(l) != 1 {
+		t.Fatalf("reclaim: %v, %d", err, len(l))
+	}
+
+	type row struct {
+		number            int
+		counted           bool
+		status            *int
+		code, message     *string
+		processor         string
+		started, finished time.Time
+	}
+	rows, err := db.Pool.Query(ctx, `SELECT request_id, number, counted, http_status, code, message, processor, started_at, finished_at
+		FROM request_attempts ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[requestid.ID][]row{}
+	for rows.Next() {
+		var id requestid.ID
+		var r row
+		if err := rows.Scan(&id, &r.number, &r.counted, &r.status, &r.code, &r.message, &r.processor, &r.started, &r.finished); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = append(got[id], r)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 || len(got[handed]) != 0 || len(got[stolen]) != 0 {
+		t.Fatalf("history rows for %d requests (hand-back %d, lost lease %d); want 4, 0, 0", len(got), len(got[handed]), len(got[stolen]))
+	}
+	str := func(p *string) string {
+		if p == nil {
+			return "<nil>"
+		}
+		return *p
+	}
+	num := func(p *int) int {
+		if p == nil {
+			return 0
+		}
+		return *p
+	}
+	for _, c := range []struct {
+		id        requestid.ID
+		number    int
+		counted   bool
+		status    int
+		code      string
+		processor string
+	}{
+		{ok, 1, true, 200, "<nil>", "p1"},
+		{retried, 1, true, 503, postgres.CodeModelUnavailable, "p1"},
+		{waited, 1, false, 429, postgres.CodeModelNotReady, "p1"},
+		{lost, 1, true, 0, postgres.CodeInternalServerError, "p1"},
+	} {
+		rs := got[c.id]
+		if len(rs) != 1 {
+			t.Errorf("%s: %d history rows, want 1", c.id, len(rs))
+			continue
+		}
+		r := rs[0]
+		if r.number != c.number || r.counted != c.counted || num(r.status) != c.status || str(r.code) != c.code || r.processor != c.processor {
+			t.Errorf("%s: history number %d, counted %v, status %d, code %s, processor %s; want %d, %v, %d, %s, %s",
+				c.id, r.number, r.counted, num(r.status), str(r.code), r.processor, c.number, c.counted, c.status, c.code, c.processor)
+		}
+		if c.code != "<nil>" && str(r.message) == "<nil>" {
+			t.Errorf("%s: no message", c.id)
+		}
+		if r.finished.Before(r.started) {
+			t.Errorf("%s: finished %v before started %v", c.id, r.finished, r.started)
+		}
+	}
+	if r := got[ok][0]; !r.started.Equal(began) || !r.finished.Equal(ended) {
+		t.Errorf("success: started %v, finished %v; want %v, %v", r.started, r.finished, began, ended)
+	}
+}
+
 // TestInputRetention: SPEC §7. A request's input goes when it succeeds or
 // is canceled; after FAILED or EXPIRED it stays, for a retry, until the
 // output's retention ends, and the retention sweep then clears it.
@@ -476,9 +589,10 @@ func TestHotPathAfterBurst(t *testing.T) {
 	}
 	// The claim reads the batch from the queued index and the running
 	// requests from the in-progress index, and each query looks the batch up
-	// by primary key: a few times the batch in all, where a scan of the
-	// queue or of the finished rows alone would read thousands.
-	if total > 10*batch {
+	// by primary key (the completion's request_attempts rows once more,
+	// through their foreign key): a few times the batch in all, where a
+	// scan of the queue or of the finished rows alone would read thousands.
+	if total > 15*batch {
 		t.Errorf("index scans read %d entries for a batch of %d: %v", total, batch, read)
 	}
 	for _, idx := range []string{"async_requests_active_org_idx", "async_requests_queued_deadline_idx"} {
