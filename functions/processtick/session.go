@@ -355,6 +355,7 @@ func (s *session) write(ctx context.Context, batch []finished) bool {
 	}
 	s.mu.Unlock()
 	nudge(s.freed)
+	s.p.notify(ctx, postgres.NoticeOf(recorded))
 	s.recorded.Add(int64(len(recorded)))
 	for _, f := range batch {
 		r, ok := written[f.req.ID]
@@ -420,6 +421,7 @@ func (s *session) handBackRest() {
 		s.p.log.Error("hand-back failed; the requests return when their leases run out", "error", err, "count", len(outcomes))
 		return
 	}
+	s.p.notify(ctx, postgres.NoticeOf(recorded))
 	s.recorded.Add(int64(len(recorded)))
 	s.handedBack.Add(int64(len(recorded)))
 	for _, r := range recorded {
@@ -507,6 +509,11 @@ func (s *session) sweep(ctx context.Context) {
 			}
 		}
 		if len(lost) > 0 {
+			recorded := make([]postgres.RecordedOutcome, len(lost))
+			for i, l := range lost {
+				recorded[i] = l.RecordedOutcome
+			}
+			p.notify(ctx, postgres.NoticeOf(recorded))
 			nudge(s.wake)
 		}
 		if len(lost) < sweepBatch {
@@ -522,6 +529,13 @@ func (s *session) sweep(ctx context.Context) {
 			break
 		}
 		s.expired.Add(int64(len(expired)))
+		if len(expired) > 0 {
+			recorded := make([]postgres.RecordedOutcome, len(expired))
+			for i, e := range expired {
+				recorded[i] = e.RecordedOutcome
+			}
+			p.notify(ctx, postgres.NoticeOf(recorded))
+		}
 		for _, e := range expired {
 			p.log.Info("request expired in the queue", "request_id", e.ID.String(), "model_id", e.ModelID,
 				"deployment_id", e.DeploymentID, "attempt", e.Attempts)
@@ -560,5 +574,13 @@ func (s *session) queueDepthLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// notify sends the notifications a committed write calls for. They only
+// shorten waits, so a failure is logged, not retried.
+func (p *Processor) notify(ctx context.Context, n postgres.Notice) {
+	if err := p.db.Notify(ctx, n); err != nil && ctx.Err() == nil {
+		p.log.Warn("notification failed; listeners will poll", "error", err)
 	}
 }

@@ -292,6 +292,8 @@ type RecordedOutcome struct {
 	ID           requestid.ID
 	State        RequestState
 	WebhookState WebhookState
+	// DueNow: the request is QUEUED and due at once.
+	DueNow bool
 }
 
 // RequestCompleteBatch records the outcomes of attempts Owner holds the
@@ -301,8 +303,9 @@ type RecordedOutcome struct {
 // (SUCCEEDED, FAILED) set the retention times; SUCCEEDED drops the input,
 // FAILED keeps it (so the request can be retried) until the output's
 // retention ends (see RetentionPurge); and, for a
-// request with a pending webhook, queue its delivery in the same statement
-// and wake the deliverers when the transaction commits.
+// request with a pending webhook, queue its delivery in the same statement.
+// It sends no notification: send NoticeOf(recorded) with Notify once it
+// returns.
 func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
 	if len(outcomes) == 0 {
 		return nil, nil
@@ -320,10 +323,9 @@ func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes [
 
 // completeAttempts applies outcomes, each guarded by its expected lease
 // owner, in one statement that also writes each model answer's
-// request_attempts row (processor: the lease owner), queues the webhooks and sends the
-// wake-ups the new states call for (delivered on commit): the deliverers'
-// when a webhook was queued, the processors' when a request is due again
-// at once.
+// request_attempts row (processor: the lease owner) and queues the
+// webhooks. Its wake-ups are the caller's (NoticeOf, Notify), after the
+// commit.
 //
 // A request has a lease owner exactly while it is IN_PROGRESS: the claim
 // sets both, and every way out of IN_PROGRESS (this statement, for
@@ -367,7 +369,7 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 	return queryByKey(ctx, q, scanRecorded, `
 		WITH o AS (
 			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[],
-				$12::timestamptz[], $13::timestamptz[], $14::int[])
+				$10::timestamptz[], $11::timestamptz[], $12::int[])
 				AS o(id, owner, state, output, error, delay_s, uncount, started_at, finished_at, http_status)
 		), done AS (
 			UPDATE async_requests r SET
@@ -402,38 +404,17 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 		), hooks AS (
 			INSERT INTO webhook_deliveries (request_id, state, due_at)
 			SELECT id, 'PENDING', now() FROM done WHERE state <> 'QUEUED' AND webhook_state = 'PENDING'
-			RETURNING request_id
-		), wake AS (
-			SELECT pg_notify($10, '') FROM (SELECT FROM hooks LIMIT 1) h
-			UNION ALL
-			SELECT pg_notify($11, '') FROM (SELECT FROM done WHERE state = 'QUEUED' AND due LIMIT 1) d
 		)
-		SELECT id, state, webhook_state FROM done
-		WHERE (SELECT count(*) FROM wake) >= 0 -- runs wake, once`,
+		SELECT id, state, webhook_state, state = 'QUEUED' AND due FROM done`,
 		ids, owners, states, outputs, errs, delays, uncount,
-		db.statusRetention().Seconds(), db.outputRetention().Seconds(), WebhookWakeChannel, WakeChannel,
+		db.statusRetention().Seconds(), db.outputRetention().Seconds(),
 		started, ended, statuses)
 }
 
 func scanRecorded(row pgx.CollectableRow) (RecordedOutcome, error) {
 	var r RecordedOutcome
-	err := row.Scan(&r.ID, &r.State, &r.WebhookState)
+	err := row.Scan(&r.ID, &r.State, &r.WebhookState, &r.DueNow)
 	return r, err
-}
-
-// notify sends the wake-ups asked for; they are delivered on commit.
-func notify(ctx context.Context, tx querier, processors, deliverers bool) error {
-	if processors {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel); err != nil {
-			return err
-		}
-	}
-	if deliverers {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // LostRequest is a request whose processor's lease ran out, as the reclaim
@@ -538,7 +519,8 @@ type ExpiredRequest struct {
 // RequestExpireBatch moves up to limit QUEUED requests whose queue deadline
 // has passed to EXPIRED, keeping the errors seen so far, with the same side
 // effects as FAILED: input kept for a retry until the output's retention
-// ends, retention set, webhook queued.
+// ends, retention set, webhook queued. Like RequestCompleteBatch it sends
+// no notification (see NoticeOf).
 // It returns the expired requests. The rows are locked (and their state
 // checked again on the newest version) by the inner query, then updated by
 // primary key: a join the planner could turn inside out, with statistics
@@ -577,8 +559,7 @@ func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredReque
 		if err != nil {
 			return err
 		}
-		hooks := slices.ContainsFunc(expired, func(r ExpiredRequest) bool { return r.WebhookState == WebhookPending })
-		return notify(ctx, tx, false, hooks)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("expire requests: %w", err)
