@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 
@@ -80,24 +79,6 @@ func queryWith[T any](ctx context.Context, q batchSender, settings string, fn pg
 		err = closeErr
 	}
 	return got, err
-}
-
-// RetryDelay is how long a request waits after its failed attempt number
-// attempt (1-based): initial * 2^(attempt-1), capped at max. With the API's
-// defaults (1 s, 5 s) the schedule is 1 s, 2 s, 4 s, 5 s, 5 s, ...; an
-// initial delay of 0 retries at once. Attempts below 1 count as 1.
-func RetryDelay(attempt int, initial, max time.Duration) time.Duration {
-	if initial <= 0 || max <= 0 {
-		return 0
-	}
-	d := initial
-	for i := 1; i < attempt; i++ {
-		if d >= max || d > math.MaxInt64/2 {
-			return max
-		}
-		d *= 2
-	}
-	return min(d, max)
 }
 
 // ClaimedRequest is a request a processor holds the lease on, with what it
@@ -426,12 +407,30 @@ type LostRequest struct {
 	Attempt      int
 }
 
+// LostAttempt is what a RetryFunc knows of an attempt whose processor was
+// lost.
+type LostAttempt struct {
+	Attempt, MaxAttempts   int
+	InitialDelay, MaxDelay time.Duration
+}
+
+// RequestReclaimLostParams says how many lost requests to reclaim and
+// what becomes of them.
+type RequestReclaimLostParams struct {
+	Limit int
+	// Retry decides whether a lost attempt is retried, and after what
+	// delay (the retry policy: shared/retry).
+	Retry func(LostAttempt) (delay time.Duration, again bool)
+}
+
 // RequestReclaimLost records a failed attempt (INTERNAL_SERVER_ERROR,
-// "processor lost") for up to limit IN_PROGRESS requests whose lease ran
+// "processor lost") for up to Limit IN_PROGRESS requests whose lease ran
 // out: the processor was killed or cut off. Each goes back to QUEUED after
-// its retry delay, or to FAILED when it has no attempts left. Any processor
-// may run it; rows another sweep is working on are skipped.
-func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest, error) {
+// the delay Retry gives, or to FAILED when Retry says no. Any process
+// may run it; rows another sweep is working on are skipped. Like
+// RequestCompleteBatch it sends no notification (see NoticeOf).
+func (db *DB) RequestReclaimLost(ctx context.Context, p RequestReclaimLostParams) ([]LostRequest, error) {
+	limit := p.Limit
 	var lost []LostRequest
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		// Each deployment's running requests are probed in the order of
@@ -478,9 +477,9 @@ func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest,
 			o := AttemptOutcome{ID: l.ID, State: StateFailed, Error: &AttemptError{
 				Code: CodeInternalServerError, Message: "processor lost: its lease ran out before the attempt finished",
 			}}
-			if l.Attempt < maxAttempts {
-				o.State = StateQueued
-				o.Delay = RetryDelay(l.Attempt, time.Duration(initialMS)*time.Millisecond, time.Duration(maxMS)*time.Millisecond)
+			if delay, again := p.Retry(LostAttempt{Attempt: l.Attempt, MaxAttempts: maxAttempts,
+				InitialDelay: time.Duration(initialMS) * time.Millisecond, MaxDelay: time.Duration(maxMS) * time.Millisecond}); again {
+				o.State, o.Delay = StateQueued, delay
 			}
 			owners, outcomes = append(owners, owner), append(outcomes, o)
 			found[l.ID] = l

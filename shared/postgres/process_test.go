@@ -2,8 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"fmt"
-	"math"
 	"sync"
 	"testing"
 	"time"
@@ -13,35 +11,9 @@ import (
 	"github.com/openasync/asyncrequest/shared/requestid"
 )
 
-func TestRetryDelay(t *testing.T) {
-	t.Parallel()
-	const s = time.Second
-	tests := []struct {
-		attempt      int
-		initial, max time.Duration
-		want         time.Duration
-	}{
-		{attempt: 1, initial: s, max: 5 * s, want: s},
-		{attempt: 2, initial: s, max: 5 * s, want: 2 * s},
-		{attempt: 3, initial: s, max: 5 * s, want: 4 * s},
-		{attempt: 4, initial: s, max: 5 * s, want: 5 * s},
-		{attempt: 10, initial: s, max: 5 * s, want: 5 * s},
-		{attempt: 1000, initial: 10 * s, max: 60 * s, want: 60 * s},
-		{attempt: 0, initial: s, max: 5 * s, want: s},
-		{attempt: 3, initial: 0, max: 5 * s, want: 0},
-		{attempt: 3, initial: s, max: 0, want: 0},
-		{attempt: 1, initial: 8 * s, max: 3 * s, want: 3 * s},
-		{attempt: 7, initial: 250 * time.Millisecond, max: 60 * s, want: 16 * s},
-		{attempt: 80, initial: s, max: math.MaxInt64, want: math.MaxInt64},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprintf("Attempt%dInitial%vMax%v", tt.attempt, tt.initial, tt.max), func(t *testing.T) {
-			t.Parallel()
-			if got := postgres.RetryDelay(tt.attempt, tt.initial, tt.max); got != tt.want {
-				t.Errorf("RetryDelay(%d, %v, %v) = %v, want %v", tt.attempt, tt.initial, tt.max, got, tt.want)
-			}
-		})
-	}
+// retryLost retries a lost attempt after a second while attempts remain.
+func retryLost(l postgres.LostAttempt) (time.Duration, bool) {
+	return time.Second, l.Attempt < l.MaxAttempts
 }
 
 // processSetup gives a database with one organization and a deployment of
@@ -309,7 +281,7 @@ func TestAttemptHistory(t *testing.T) {
 	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET lease_expires_at = now() - interval '1 second' WHERE id = $1`, lost); err != nil {
 		t.Fatal(err)
 	}
-	if l, err := db.RequestReclaimLost(ctx, 100); err != nil || len(l) != 1 {
+	if l, err := db.RequestReclaimLost(ctx, postgres.RequestReclaimLostParams{Limit: 100, Retry: retryLost}); err != nil || len(l) != 1 {
 		t.Fatalf("reclaim: %v, %d", err, len(l))
 	}
 
@@ -537,7 +509,7 @@ func TestHotPathAfterBurst(t *testing.T) {
 	if _, err := db.RequestExpireBatch(ctx, 1000); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.RequestReclaimLost(ctx, 1000); err != nil {
+	if _, err := db.RequestReclaimLost(ctx, postgres.RequestReclaimLostParams{Limit: 1000, Retry: retryLost}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.RetentionPurge(ctx, 1000); err != nil {
