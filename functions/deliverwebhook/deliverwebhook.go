@@ -67,6 +67,9 @@ const (
 	// reclaimInterval is how often the claim loop makes the deliveries of
 	// dead deliverers due again.
 	reclaimInterval = 5 * time.Second
+	// minClaimGap is the shortest sleep between claims that found less
+	// than they could take.
+	minClaimGap = time.Millisecond
 	// claimBatchMax and outcomeBatchMax cap the rows of one claim and one
 	// outcome statement.
 	claimBatchMax   = 1000
@@ -428,9 +431,11 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan str
 	return s.c.result(), serveErr
 }
 
-// nextClaimIn is how long the claim loop may sleep when nothing more is due:
-// until the earliest pending delivery comes due, or the poll interval if
-// that is sooner or unknown.
+// nextClaimIn is how long the claim loop may sleep after a claim that left
+// slots free: until the earliest pending delivery comes due, or the poll
+// interval if that is sooner or unknown. A delivery that came due after the
+// claim looked (or that another deliverer's claim holds locked) is looked
+// for again after minClaimGap.
 func (d *Deliverer) nextClaimIn(ctx context.Context) time.Duration {
 	if !d.dueTimer {
 		return d.poll
@@ -441,7 +446,7 @@ func (d *Deliverer) nextClaimIn(ctx context.Context) time.Duration {
 	}
 	// A millisecond late rather than early: a timer that fires before the
 	// due time claims nothing and sleeps again.
-	return min(in.Truncate(time.Millisecond)+time.Millisecond, d.poll)
+	return min(max(in.Truncate(time.Millisecond)+time.Millisecond, minClaimGap), d.poll)
 }
 
 // record queues an outcome for the completer.

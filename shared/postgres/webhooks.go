@@ -269,14 +269,15 @@ func (db *DB) WebhookDeliveryRecordBatch(ctx context.Context, owner string, outc
 }
 
 // WebhookDeliveryNextDue returns how long until the earliest PENDING
-// delivery that is not yet due comes due, by the database's clock, and false
-// when none is waiting. Deliverers sleep until then rather than until their
-// next poll, so a scheduled retry goes out on time.
+// delivery is due, by the database's clock (zero or less when one is due
+// already: it came due after a claim looked), and false when none is
+// pending. Deliverers sleep until then rather than until their next poll, so
+// a scheduled retry goes out on time.
 func (db *DB) WebhookDeliveryNextDue(ctx context.Context) (time.Duration, bool, error) {
 	var secs *float64
 	err := db.Pool.QueryRow(ctx, `
 		SELECT extract(epoch FROM min(due_at) - now())::float8
-		FROM webhook_deliveries WHERE state = 'PENDING' AND due_at > now()`).Scan(&secs)
+		FROM webhook_deliveries WHERE state = 'PENDING'`).Scan(&secs)
 	if err != nil {
 		return 0, false, fmt.Errorf("next webhook due time: %w", err)
 	}
