@@ -160,9 +160,9 @@ func TestSubmitGroupCommit(t *testing.T) {
 		if d := deployment(b.submit("/production/async_predict", `{"model_input": 2}`)); d != "m1-a" {
 			t.Errorf("within the cache's time, deployment %s, want the cached m1-a", d)
 		}
-		b.clock.Advance(5 * time.Second)
+		b.clock.Advance(submit.DeploymentCacheTTLDefault)
 		if d := deployment(b.submit("/production/async_predict", `{"model_input": 3}`)); d != "m1-b" {
-			t.Errorf("after 5s, deployment %s, want the re-pointed m1-b", d)
+			t.Errorf("after %v, deployment %s, want the re-pointed m1-b", submit.DeploymentCacheTTLDefault, d)
 		}
 		// A deleted deployment is refused at once, cached or not.
 		if _, err := b.db.Pool.Exec(ctx, `DELETE FROM deployments WHERE id = 'm1-b'`); err != nil {
