@@ -112,28 +112,44 @@ func TestDeployments(t *testing.T) {
 		if d.ModelID != "m9" || d.URLHost != "nine.example.com" || d.MaxConcurrency != 3 || !d.HasUpstreamCredential {
 			t.Fatalf("deployment = %+v", d)
 		}
-		resolve := func() postgres.Deployment {
+		// resolve returns the deployment production names and its
+		// credential, opened as the processor opens it.
+		resolve := func() (postgres.Deployment, string) {
 			t.Helper()
 			got, err := b.db.DeploymentResolve(ctx, postgres.DeploymentTarget{OrganizationID: b.acme, ModelID: "m9", Kind: postgres.KindModel, Environment: "production"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			return got
+			var sealed *string
+			if err := b.db.Pool.QueryRow(ctx, `SELECT upstream_credential FROM deployments WHERE id = $1`, got.ID).Scan(&sealed); err != nil {
+				t.Fatal(err)
+			}
+			if sealed == nil {
+				return got, ""
+			}
+			if strings.Contains(*sealed, "s3cret") {
+				t.Fatalf("credential stored in the clear: %q", *sealed)
+			}
+			plain, err := b.db.UpstreamCredentialOpen(postgres.ClaimedRequest{DeploymentID: got.ID, UpstreamCredential: *sealed})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got, plain
 		}
-		if got := resolve(); got.ID != "m9-a" || got.UpstreamCredential != "Api-Key s3cret-upstream" {
-			t.Fatalf("stored = %+v", got)
+		if got, cred := resolve(); got.ID != "m9-a" || cred != "Api-Key s3cret-upstream" {
+			t.Fatalf("stored = %+v %q", got, cred)
 		}
 		// Without upstream_credential the one set is kept; "" removes it.
 		delete(put, "upstream_credential")
 		put["max_concurrency"] = 5
 		decode(t, b.do("PUT", "/v1/deployments/m9-a", b.key, put), http.StatusOK, &d)
-		if got := resolve(); got.MaxConcurrency != 5 || got.UpstreamCredential != "Api-Key s3cret-upstream" {
-			t.Fatalf("after an update without the credential = %+v", got)
+		if got, cred := resolve(); got.MaxConcurrency != 5 || cred != "Api-Key s3cret-upstream" {
+			t.Fatalf("after an update without the credential = %+v %q", got, cred)
 		}
 		put["upstream_credential"] = ""
 		decode(t, b.do("PUT", "/v1/deployments/m9-a", b.key, put), http.StatusOK, &d)
-		if got := resolve(); got.UpstreamCredential != "" || d.HasUpstreamCredential {
-			t.Fatalf("after removing the credential = %+v", got)
+		if _, cred := resolve(); cred != "" || d.HasUpstreamCredential {
+			t.Fatalf("after removing the credential = %q, %+v", cred, d)
 		}
 		put["model_id"] = "om"
 		apitest.CheckError(t, b.do("PUT", "/v1/deployments/m9-b", b.key, put), http.StatusNotFound, "NOT_FOUND", "")

@@ -177,6 +177,9 @@ func createDeploymentCmd(c *cli, fs *flag.FlagSet) func() error {
 			if !ok || v == "" {
 				return usageErr("create-deployment: --credential-env %s is not set", *credEnv)
 			}
+			if k, _ := c.env.Lookup("UPSTREAM_CREDENTIAL_KEYS"); strings.TrimSpace(k) == "" {
+				return usageErr("create-deployment: --credential-env needs UPSTREAM_CREDENTIAL_KEYS, the keys credentials are encrypted with")
+			}
 			put.UpstreamCredential = &v
 		}
 		svc, a, err := c.service()

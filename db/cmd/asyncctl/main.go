@@ -4,7 +4,7 @@
 // service code (shared/manage) as the /v1 routes.
 //
 // Each command has its own flags; `asyncctl <command> --help` lists them.
-// Every command but migrate takes --org (the organization's name) and
+// Every command but migrate and reencrypt-credentials takes --org (the organization's name) and
 // --json (the answer as the management API's JSON, for scripts). It reads
 // the database from DATABASE_URL (or the DB_* variables), like the
 // service. A bad argument gives one line on stderr and exit status 2; a
@@ -33,6 +33,7 @@ import (
 
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/postgres"
@@ -69,6 +70,7 @@ var commands = []command{
 	{name: "retry-request", args: "--org <name> --id <request_id>", summary: "run a FAILED or EXPIRED request again", setup: retryRequestCmd},
 	{name: "cancel-requests", args: "--org <name> (--ids a,b,... | [--state S] [--deployment D] [--model M] [--created-after T] [--created-before T])", summary: "cancel QUEUED requests by id or filter, at most 10,000 per call", setup: bulkCmd("cancel-requests")},
 	{name: "retry-requests", args: "--org <name> (--ids a,b,... | [--state S] [--deployment D] [--model M] [--created-after T] [--created-before T])", summary: "retry FAILED or EXPIRED requests by id or filter, at most 10,000 per call", setup: bulkCmd("retry-requests")},
+	{name: "reencrypt-credentials", summary: "encrypt every upstream credential under the first UPSTREAM_CREDENTIAL_KEYS key", noOrg: true, setup: reencryptCmd},
 	{name: "list-webhook-secrets", args: "--org <name>", summary: "list the webhook secrets that sign (id, created, expires; never the secret)", setup: listWebhookSecretsCmd},
 	{name: "rotate-webhook-secret", args: "--org <name> [--secret whsec_...] [--overlap 24h]", summary: "make a new webhook secret current; the old ones sign for --overlap", setup: rotateWebhookSecretCmd},
 }
@@ -79,7 +81,7 @@ func usage() string {
 	for _, c := range commands {
 		fmt.Fprintf(&b, "  %-22s %s\n", c.name, c.summary)
 	}
-	b.WriteString("\nevery command but migrate takes --org <name> and --json\n")
+	b.WriteString("\nevery command but migrate and reencrypt-credentials takes --org <name>; every one takes --json\n")
 	return b.String()
 }
 
@@ -184,6 +186,7 @@ func (c *cli) open() (*postgres.DB, error) {
 	if err != nil {
 		return nil, err
 	}
+	pg.Credentials, _ = credential.ParseKeys(cfg.UpstreamCredentialKeys) // checked by config.LoadFrom
 	c.pg = pg
 	return pg, nil
 }
@@ -317,6 +320,22 @@ func createOrgCmd(c *cli, fs *flag.FlagSet) func() error {
 		}
 		return c.show(map[string]any{"id": o.ID, "name": o.Name}, func(w io.Writer) {
 			fmt.Fprintf(w, "organization %q (id %d)\n", o.Name, o.ID)
+		})
+	}
+}
+
+func reencryptCmd(c *cli, fs *flag.FlagSet) func() error {
+	return func() error {
+		pg, err := c.open()
+		if err != nil {
+			return err
+		}
+		n, err := pg.DeploymentCredentialsReencrypt(c.ctx)
+		if err != nil {
+			return err
+		}
+		return c.show(map[string]int{"reencrypted": n}, func(w io.Writer) {
+			fmt.Fprintf(w, "%d upstream credentials re-encrypted under the first key\n", n)
 		})
 	}
 }
