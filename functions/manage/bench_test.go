@@ -52,7 +52,7 @@ func BenchmarkList(b *testing.B) {
 	one := page.Requests[0].RequestID
 	decode(b, get("/v1/requests?limit=500"), http.StatusOK, &page)
 	for range benchFinished / 3 / 500 {
-		decode(b, get("/v1/requests?limit=500&cursor=" + *page.NextCursor), http.StatusOK, &page)
+		decode(b, get("/v1/requests?limit=500&cursor="+*page.NextCursor), http.StatusOK, &page)
 	}
 	deep := *page.NextCursor
 	for _, c := range []struct{ name, path string }{
