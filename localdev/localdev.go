@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
@@ -326,24 +327,29 @@ func (h *harness) api(p *bootstrap.Process) http.Handler {
 }
 
 // workers runs the process-tick and deliver-webhook loops until ctx is
-// canceled; the channel closes once both have stopped gracefully.
+// canceled; the channel closes once both have stopped gracefully. On a stop
+// the deliverer goes on delivering until the processor has recorded its last
+// outcomes, so webhooks of requests finishing in its grace go out too.
 func (h *harness) workers(ctx context.Context, p *bootstrap.Process) <-chan struct{} {
 	proc := processtick.New(processtick.Options{DB: p.DB, Config: h.cfg.Processor, Logger: p.Logger, Metrics: p.Metrics})
+	procDone := make(chan struct{})
 	deliverer := deliverwebhook.New(deliverwebhook.Options{DB: p.DB, Config: h.cfg.Webhook, Logger: p.Logger,
-		Metrics: p.Metrics, ShutdownGrace: h.cfg.Processor.ShutdownGrace})
+		Metrics: p.Metrics, ShutdownGrace: h.cfg.Processor.ShutdownGrace, Upstream: procDone})
+	var loops sync.WaitGroup
+	loops.Go(func() {
+		defer close(procDone)
+		if err := proc.Run(ctx); err != nil {
+			p.Logger.Error("process-tick stopped", "error", err)
+		}
+	})
+	loops.Go(func() {
+		if err := deliverer.Run(ctx); err != nil {
+			p.Logger.Error("deliver-webhook stopped", "error", err)
+		}
+	})
 	done := make(chan struct{})
-	stopped := make(chan struct{}, 2)
-	for name, run := range map[string]func(context.Context) error{"process-tick": proc.Run, "deliver-webhook": deliverer.Run} {
-		go func() {
-			defer func() { stopped <- struct{}{} }()
-			if err := run(ctx); err != nil {
-				p.Logger.Error(name+" stopped", "error", err)
-			}
-		}()
-	}
 	go func() {
-		<-stopped
-		<-stopped
+		loops.Wait()
 		close(done)
 	}()
 	return done

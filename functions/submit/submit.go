@@ -106,13 +106,14 @@ func New(o Options) http.Handler {
 	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now, Cache: o.AuthCache})
 	limit := httpapi.RateLimit(cmp.Or(o.API.SubmitRate, httpapi.SubmitRateDefault),
 		cmp.Or(o.API.SubmitBurst, httpapi.SubmitBurstDefault), s.now)
-	var rt httpapi.Router
-	for _, where := range httpapi.DeploymentPaths {
-		for action, kind := range httpapi.SubmitActions {
-			rt.Handle("POST "+where+action, auth(limit(s.submit(kind))))
-		}
-	}
-	return httpapi.WithTarget(&rt)
+	return httpapi.NewRouter(httpapi.RouterOptions{
+		Function: httpapi.FunctionSubmit,
+		Handlers: map[string]http.Handler{
+			httpapi.HandlerSubmitModel: limit(s.submit(postgres.KindModel)),
+			httpapi.HandlerSubmitChain: limit(s.submit(postgres.KindChain)),
+		},
+		Authenticate: func(httpapi.Auth) func(http.Handler) http.Handler { return auth },
+	})
 }
 
 type server struct {
@@ -198,7 +199,8 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		client := ctx
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeoutDefault)
 		defer cancel()
-		dep, err := s.db.DeploymentResolve(ctx, httpapi.DeploymentTarget(r, org, target))
+		named := target // as the URL names it, before a regional Host is split
+		target, dep, err := httpapi.ResolveDeployment(ctx, s.db, r, org, target)
 		if errors.Is(err, postgres.ErrNotFound) {
 			err = errNoDeployment
 		}
@@ -220,7 +222,7 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			// URL, not the deployment it resolves to, so a replay after a
 			// promotion still replays.)
 			h := sha256.New()
-			fmt.Fprintf(h, "%s\x00%s\x00%s\x00", target.Kind, target.ID, r.URL.Path)
+			fmt.Fprintf(h, "%s\x00%s\x00%s\x00", named.Kind, named.ID, r.URL.Path)
 			h.Write(raw)
 			params.BodyHash = h.Sum(nil)
 		}
