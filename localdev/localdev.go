@@ -24,6 +24,7 @@ import (
 
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/functions/deliverwebhook"
+	"github.com/openasync/asyncrequest/functions/manage"
 	"github.com/openasync/asyncrequest/functions/processtick"
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/functions/submit"
@@ -313,12 +314,15 @@ func (h *harness) start(ctx context.Context, service string) (*bootstrap.Process
 	return p, nil
 }
 
-// api is the API as the functions serve it: submit and status, mounted on
-// one port.
+// api is the API as the functions serve it: submit, status and the
+// management API, mounted on one port and sharing one API key cache.
 func (h *harness) api(p *bootstrap.Process) http.Handler {
+	cache := httpapi.NewAuthCache()
 	return httpapi.Mux(
-		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics}),
-		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics}),
+		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache}),
+		manage.Mount(
+			manage.New(manage.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, AuthCache: cache}),
+			status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache})),
 	)
 }
 

@@ -1,6 +1,6 @@
 // Command lambda is the status function: behind API Gateway it reads and
 // cancels requests, serves results and queue status, and redelivers
-// webhooks. Built as bootstrap for provided.al2023 (make
+// webhooks; it also serves the management API (/v1). Built as bootstrap for provided.al2023 (make
 // build-StatusFunction).
 package main
 
@@ -9,6 +9,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
+	"github.com/openasync/asyncrequest/functions/manage"
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/shared/bootstrap"
 	"github.com/openasync/asyncrequest/shared/httpapi"
@@ -17,11 +18,15 @@ import (
 
 func main() {
 	p := bootstrap.MustStart(context.Background(), "async-status")
-	h := status.New(status.Options{
-		DB:      p.DB,
-		API:     p.Config.API,
-		Logger:  p.Logger,
-		Metrics: p.Metrics,
-	})
+	cache := httpapi.NewAuthCache()
+	h := manage.Mount(
+		manage.New(manage.Options{DB: p.DB, API: p.Config.API, Logger: p.Logger, AuthCache: cache}),
+		status.New(status.Options{
+			DB:        p.DB,
+			API:       p.Config.API,
+			Logger:    p.Logger,
+			Metrics:   p.Metrics,
+			AuthCache: cache,
+		}))
 	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h, httpapi.ResponseTooLarge(p.Logger))), lambda.WithEnableSIGTERM(p.Close))
 }
