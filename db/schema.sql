@@ -58,6 +58,23 @@ CREATE TABLE public.async_requests (
     CONSTRAINT async_requests_webhook_state_check CHECK ((webhook_state = ANY (ARRAY['PENDING'::text, 'SUCCEEDED'::text, 'FAILED'::text, 'CANCELED'::text, 'NO_WEBHOOK_PROVIDED'::text])))
 );
 
+CREATE TABLE public.console_login_tokens (
+    token_hash bytea NOT NULL,
+    api_key_id bigint NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
+CREATE TABLE public.console_sessions (
+    id_hash bytea NOT NULL,
+    organization_id bigint NOT NULL,
+    api_key_id bigint NOT NULL,
+    scope text NOT NULL,
+    csrf_token text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT console_sessions_scope_check CHECK ((scope = ANY (ARRAY['invoke'::text, 'manage'::text])))
+);
+
 CREATE TABLE public.deployments (
     id text NOT NULL,
     model_id text NOT NULL,
@@ -208,6 +225,12 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.async_requests
     ADD CONSTRAINT async_requests_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.console_login_tokens
+    ADD CONSTRAINT console_login_tokens_pkey PRIMARY KEY (token_hash);
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_pkey PRIMARY KEY (id_hash);
+
 ALTER TABLE ONLY public.deployments
     ADD CONSTRAINT deployments_pkey PRIMARY KEY (id);
 
@@ -253,6 +276,10 @@ CREATE INDEX async_requests_queued_deadline_idx ON public.async_requests USING b
 
 CREATE INDEX async_requests_queued_idx ON public.async_requests USING btree (deployment_id, priority, due_at, id) WHERE (state = 'QUEUED'::text);
 
+CREATE INDEX console_sessions_api_key_id_idx ON public.console_sessions USING btree (api_key_id);
+
+CREATE INDEX console_sessions_expires_at_idx ON public.console_sessions USING btree (expires_at);
+
 CREATE INDEX deployments_model_id_idx ON public.deployments USING btree (model_id);
 
 CREATE INDEX idempotency_keys_created_at_idx ON public.idempotency_keys USING btree (created_at);
@@ -271,6 +298,15 @@ CREATE INDEX webhook_secrets_organization_id_idx ON public.webhook_secrets USING
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_login_tokens
+    ADD CONSTRAINT console_login_tokens_api_key_id_fkey FOREIGN KEY (api_key_id) REFERENCES public.api_keys(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_api_key_id_fkey FOREIGN KEY (api_key_id) REFERENCES public.api_keys(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.deployments
     ADD CONSTRAINT deployments_model_id_fkey FOREIGN KEY (model_id) REFERENCES public.models(id) ON DELETE CASCADE;
@@ -303,3 +339,4 @@ ALTER TABLE ONLY public.webhook_secrets
 -- Applied migrations
 INSERT INTO public.schema_migrations VALUES ('20261128000001');
 INSERT INTO public.schema_migrations VALUES ('20261201000001');
+INSERT INTO public.schema_migrations VALUES ('20261201000004');
