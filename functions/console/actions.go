@@ -206,7 +206,7 @@ var actions = map[string]action{
 		do: func(s *server, w http.ResponseWriter, r *http.Request, sess *sessionCtx, f actionForm) (string, error) {
 			name := strings.TrimSpace(f.Get("name"))
 			scope := f.Get("scope")
-			if scope != "invoke" && scope != scopeManage {
+			if scope != "invoke" && scope != string(postgres.ScopeManage) {
 				return "", Refuse("Choose the scope invoke or manage.")
 			}
 			if len(name) > 100 {

@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/postgres"
 )
 
@@ -26,20 +27,18 @@ const (
 	signInCookie = "console_signin"
 )
 
-// scopeManage is the API key scope that may act; invoke only sees.
-const scopeManage = "manage"
 
 // sessionCtx is the signed-in session a page or action runs under.
 type sessionCtx struct {
 	postgres.ConsoleSession
 }
 
-func (s *sessionCtx) actor() Actor {
-	return Actor{OrganizationID: s.OrganizationID, APIKeyID: s.APIKeyID, KeyName: s.KeyName}
+func (s *sessionCtx) actor() manage.Actor {
+	return manage.Actor{OrganizationID: s.OrganizationID, KeyID: s.APIKeyID, KeyName: s.KeyName, Scope: postgres.KeyScope(s.Scope)}
 }
 
 // CanAct reports whether the session's key may act (scope manage).
-func (s *sessionCtx) CanAct() bool { return s.Scope == scopeManage }
+func (s *sessionCtx) CanAct() bool { return postgres.KeyScope(s.Scope) == postgres.ScopeManage }
 
 // session wraps a page or action that needs a signed-in user: without a
 // live session a GET is sent to the sign-in page and anything else is a

@@ -15,8 +15,10 @@ import (
 	"cmp"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/postgres"
 )
 
@@ -35,8 +37,9 @@ const PageSizeDefault = 50
 
 // Options are New's dependencies.
 type Options struct {
-	DB      *postgres.DB
-	Backend Backend
+	// Service is the management code the console reads and acts
+	// through; its DB also holds the sessions.
+	Service *manage.Service
 	Logger  *slog.Logger
 	// SessionTTL is how long a session lasts; default
 	// postgres.ConsoleSessionTTLDefault.
@@ -52,8 +55,8 @@ type Options struct {
 // New returns the console, serving paths under Prefix.
 func New(o Options) http.Handler {
 	s := &server{
-		db:         o.DB,
-		backend:    o.Backend,
+		db:         o.Service.DB,
+		backend:    backend{o.Service},
 		log:        cmp.Or(o.Logger, slog.Default()),
 		sessionTTL: cmp.Or(o.SessionTTL, postgres.ConsoleSessionTTLDefault),
 		now:        o.Now,
@@ -83,7 +86,7 @@ func New(o Options) http.Handler {
 
 type server struct {
 	db         *postgres.DB
-	backend    Backend
+	backend    backend
 	log        *slog.Logger
 	sessionTTL time.Duration
 	now        func() time.Time
@@ -107,5 +110,21 @@ func securityHeaders(next http.Handler) http.Handler {
 			h.Set("Cache-Control", "no-store")
 		}
 		next.ServeHTTP(w, r)
+	})
+}
+
+// Mount serves the console under Prefix and everything else with api, so
+// the console shares the API's port (and, on Lambda, the status function).
+// A bare /console redirects to Prefix.
+func Mount(api, console http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasPrefix(r.URL.Path, Prefix):
+			console.ServeHTTP(w, r)
+		case r.URL.Path == "/console":
+			http.Redirect(w, r, Prefix, http.StatusMovedPermanently)
+		default:
+			api.ServeHTTP(w, r)
+		}
 	})
 }

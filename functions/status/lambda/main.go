@@ -1,6 +1,6 @@
 // Command lambda is the status function: behind API Gateway it reads and
 // cancels requests, serves results and queue status, and redelivers
-// webhooks. Built as bootstrap for provided.al2023 (make
+// webhooks, and serves the console. Built as bootstrap for provided.al2023 (make
 // build-StatusFunction).
 package main
 
@@ -9,10 +9,12 @@ import (
 
 	"github.com/aws/aws-lambda-go/lambda"
 
+	"github.com/openasync/asyncrequest/functions/console"
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/shared/bootstrap"
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/lambdahttp"
+	"github.com/openasync/asyncrequest/shared/manage"
 )
 
 func main() {
@@ -23,5 +25,7 @@ func main() {
 		Logger:  p.Logger,
 		Metrics: p.Metrics,
 	})
+	// The console (/console/...) is served here too.
+	h = console.Mount(h, console.New(console.Options{Service: &manage.Service{DB: p.DB, Logger: p.Logger}, Logger: p.Logger}))
 	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h, httpapi.ResponseTooLarge(p.Logger))), lambda.WithEnableSIGTERM(p.Close))
 }
