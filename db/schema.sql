@@ -50,6 +50,7 @@ CREATE TABLE public.async_requests (
     finished_at timestamp with time zone,
     output_expires_at timestamp with time zone,
     purge_at timestamp with time zone,
+    retried_at timestamp with time zone,
     CONSTRAINT async_requests_initial_delay_ms_check CHECK (((initial_delay_ms >= 0) AND (initial_delay_ms <= 10000))),
     CONSTRAINT async_requests_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 10))),
     CONSTRAINT async_requests_max_delay_ms_check CHECK (((max_delay_ms >= 0) AND (max_delay_ms <= 60000))),
@@ -266,7 +267,15 @@ ALTER TABLE ONLY public.webhook_secrets
 
 CREATE INDEX async_requests_active_org_idx ON public.async_requests USING btree (organization_id) WHERE (state = ANY (ARRAY['QUEUED'::text, 'IN_PROGRESS'::text]));
 
+CREATE INDEX async_requests_deployment_created_idx ON public.async_requests USING btree (deployment_id, created_at, id);
+
+CREATE INDEX async_requests_finished_idx ON public.async_requests USING btree (organization_id, finished_at) WHERE (finished_at IS NOT NULL);
+
 CREATE INDEX async_requests_in_progress_idx ON public.async_requests USING btree (deployment_id, lease_expires_at) WHERE (state = 'IN_PROGRESS'::text);
+
+CREATE INDEX async_requests_org_created_idx ON public.async_requests USING btree (organization_id, created_at, id);
+
+CREATE INDEX async_requests_org_state_created_idx ON public.async_requests USING btree (organization_id, state, created_at, id);
 
 CREATE INDEX async_requests_output_expires_at_idx ON public.async_requests USING btree (output_expires_at) WHERE (output_expires_at IS NOT NULL);
 
@@ -339,4 +348,5 @@ ALTER TABLE ONLY public.webhook_secrets
 -- Applied migrations
 INSERT INTO public.schema_migrations VALUES ('20261128000001');
 INSERT INTO public.schema_migrations VALUES ('20261201000001');
+INSERT INTO public.schema_migrations VALUES ('20261201000003');
 INSERT INTO public.schema_migrations VALUES ('20261201000004');

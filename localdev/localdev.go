@@ -24,6 +24,7 @@ import (
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/functions/console"
 	"github.com/openasync/asyncrequest/functions/deliverwebhook"
+	"github.com/openasync/asyncrequest/functions/manage"
 	"github.com/openasync/asyncrequest/functions/processtick"
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/functions/submit"
@@ -32,7 +33,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/bootstrap"
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/httpapi"
-	"github.com/openasync/asyncrequest/shared/manage"
+	service "github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/probe"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
@@ -318,13 +319,17 @@ func (h *harness) start(ctx context.Context, service string) (*bootstrap.Process
 	return p, nil
 }
 
-// api is the API as the functions serve it: submit and status, mounted on
-// one port, with the console under /console/.
+// api is the API as the functions serve it: submit, status and the
+// management API, mounted on one port and sharing one API key cache, with
+// the console under /console/.
 func (h *harness) api(p *bootstrap.Process) http.Handler {
+	cache := httpapi.NewAuthCache()
 	return console.Mount(httpapi.Mux(
-		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics}),
-		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics}),
-	), console.New(console.Options{Service: &manage.Service{DB: p.DB, Logger: p.Logger}, Logger: p.Logger}))
+		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache}),
+		manage.Mount(
+			manage.New(manage.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, AuthCache: cache}),
+			status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache})),
+	), console.New(console.Options{Service: &service.Service{DB: p.DB, Logger: p.Logger, KeyRevoked: cache.Evict}, Logger: p.Logger}))
 }
 
 // workers runs the process-tick and deliver-webhook loops until ctx is

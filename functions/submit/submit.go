@@ -68,6 +68,10 @@ type Options struct {
 	Metrics *telemetry.Metrics
 	// TracerProvider makes the submit span; default the global provider.
 	TracerProvider trace.TracerProvider
+	// AuthCache is the instance's API key cache, shared with the other
+	// handlers of the process so a revoked key is refused at once on all
+	// of them; nil makes one for this handler.
+	AuthCache *httpapi.AuthCache
 	// Now is the clock of the caches and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
@@ -94,7 +98,7 @@ func New(o Options) http.Handler {
 	}
 	s.tracer = tp.Tracer("github.com/openasync/asyncrequest/functions/submit")
 
-	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now})
+	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now, Cache: o.AuthCache})
 	limit := httpapi.RateLimit(cmp.Or(o.API.SubmitRate, httpapi.SubmitRateDefault),
 		cmp.Or(o.API.SubmitBurst, httpapi.SubmitBurstDefault), s.now)
 	var rt httpapi.Router
