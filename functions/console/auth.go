@@ -27,7 +27,6 @@ const (
 	signInCookie = "console_signin"
 )
 
-
 // sessionCtx is the signed-in session a page or action runs under.
 type sessionCtx struct {
 	postgres.ConsoleSession
