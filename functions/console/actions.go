@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
 )
@@ -348,9 +349,21 @@ func (s *server) action(w http.ResponseWriter, r *http.Request, sess *sessionCtx
 
 func (s *server) actionError(w http.ResponseWriter, r *http.Request, err error) {
 	var ref refusal
+	var apiErr *httpapi.Error
 	switch {
 	case errors.As(err, &ref):
 		s.errorPage(w, r, http.StatusConflict, "Not done", ref.msg)
+	case errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound:
+		s.errorPage(w, r, http.StatusNotFound, "Not found", "There is no such request, deployment or key in your organization.")
+	case errors.As(err, &apiErr) && apiErr.Status == http.StatusForbidden:
+		s.errorPage(w, r, http.StatusForbidden, "Not allowed", "Only a key of scope manage can act.")
+	case errors.As(err, &apiErr) && apiErr.Status < 500:
+		// The service's refusals are written for the operator.
+		msg := apiErr.Message
+		if msg != "" {
+			msg = strings.ToUpper(msg[:1]) + msg[1:] + "."
+		}
+		s.errorPage(w, r, http.StatusConflict, "Not done", msg)
 	case errors.Is(err, postgres.ErrNotFound):
 		s.errorPage(w, r, http.StatusNotFound, "Not found", "There is no such request, deployment or key in your organization.")
 	default:

@@ -427,3 +427,12 @@ func mustURL(t testing.TB, s string) *url.URL {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+func regexpFind(t testing.TB, body, pattern string) string {
+	t.Helper()
+	m := regexp.MustCompile(pattern).FindStringSubmatch(body)
+	if m == nil {
+		t.Fatalf("no %s in:\n%s", pattern, body)
+	}
+	return m[1]
+}
