@@ -287,7 +287,6 @@ func TestSubmitValidation(t *testing.T) {
 		{name: "MaxDelayBelowMin", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": -5}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
 		{name: "MaxDelayAboveMax", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": 60001}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
 		{name: "WebhookNotString", body: `{"model_input": 1, "webhook_endpoint": {"url": "https://a.example.com"}}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookEmpty", body: `{"model_input": 1, "webhook_endpoint": ""}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "WebhookNotURL", body: `{"model_input": 1, "webhook_endpoint": "not a url"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "WebhookHTTP", body: `{"model_input": 1, "webhook_endpoint": "http://hooks.example.com/x"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "WebhookPrivate", body: `{"model_input": 1, "webhook_endpoint": "https://10.0.0.8/hook"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},

@@ -32,6 +32,15 @@ import (
 // counting the whole body, not only model_input.
 const MaxBodyBytesDefault = 256 << 10
 
+// RepeatedHeader answers a request that sends header more than once, where
+// it must be sent once (Authorization, Idempotency-Key): net/http and
+// proxies would each pick one, so the request is ambiguous. Nothing is
+// written.
+func RepeatedHeader(header string) *Error {
+	return &Error{Status: http.StatusBadRequest, Code: ErrInvalid.Code, Field: header,
+		Message: header + " is sent more than once; send it once"}
+}
+
 // Encode writes v as a JSON response with status.
 func Encode(w http.ResponseWriter, status int, v any) {
 	// Not HTML-escaped: the answer is JSON served with nosniff, and

@@ -42,7 +42,9 @@ func rejectURL(reason string) error {
 // learns at once (with a 400) that a URL can never be delivered to, rather
 // than from a failed webhook later.
 //
-// It requires an absolute https URL (http too with p.AllowHTTP) with a host,
+// It requires valid UTF-8 without U+FFFD, the character encoding/json puts
+// in place of invalid UTF-8 (so a URL the client did not send is never
+// stored), and an absolute https URL (http too with p.AllowHTTP) with a host,
 // a valid port if any, and no user credentials. Unless p.AllowPrivate is set,
 // it refuses a host that is an IP address outside the public ranges (see
 // IsPublic) and the names localhost and *.localhost. IPv4 hosts are read the
@@ -58,6 +60,9 @@ func rejectURL(reason string) error {
 func CheckURL(raw string, p Policy) error {
 	if len(raw) > MaxURLLength {
 		return rejectURL("is longer than " + strconv.Itoa(MaxURLLength) + " characters")
+	}
+	if !utf8.ValidString(raw) || strings.ContainsRune(raw, utf8.RuneError) {
+		return rejectURL("must be valid UTF-8")
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
