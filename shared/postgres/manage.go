@@ -399,9 +399,10 @@ func (db *DB) RequestRetry(ctx context.Context, organizationID int64, id request
 		if err != nil {
 			return err
 		}
-		return notify(ctx, tx, true, false)
+		return nil
 	})
 	if err == nil {
+		_ = db.Notify(ctx, Notice{Processors: true}) // a wake-up only shortens the wait
 		return r, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
@@ -456,11 +457,12 @@ func (db *DB) RequestRetryBulk(ctx context.Context, f RequestFilter) (BulkResult
 		if err != nil || res.Changed == 0 {
 			return err
 		}
-		return notify(ctx, tx, true, false)
+		return nil
 	})
 	if err != nil {
 		return BulkResult{}, fmt.Errorf("retry requests: %w", err)
 	}
+	_ = db.Notify(ctx, Notice{Processors: true}) // a wake-up only shortens the wait
 	return res, nil
 }
 
@@ -568,7 +570,7 @@ func (db *DB) DeploymentUpdate(ctx context.Context, p DeploymentUpdateParams) er
 	if !textStorable(p.ID) {
 		return ErrNotFound
 	}
-	return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			UPDATE deployments d SET max_concurrency = coalesce($3, d.max_concurrency), paused = coalesce($4, d.paused)
 			FROM models m WHERE m.id = d.model_id AND d.id = $1 AND m.organization_id = $2`,
@@ -579,8 +581,12 @@ func (db *DB) DeploymentUpdate(ctx context.Context, p DeploymentUpdateParams) er
 		if tag.RowsAffected() == 0 {
 			return ErrNotFound
 		}
-		return notify(ctx, tx, true, false)
+		return nil
 	})
+	if err == nil {
+		_ = db.Notify(ctx, Notice{Processors: true}) // a wake-up only shortens the wait
+	}
+	return err
 }
 
 // DeploymentPurge cancels every QUEUED request of an organization's
