@@ -312,8 +312,8 @@ func TestEndToEnd(t *testing.T) {
 			if !boolAttr(replays[0], "idempotent_replay") {
 				t.Error("replay submit span lacks idempotent_replay=true")
 			}
-			if got := len(spansOf(spans, replayed)); got != 2 {
-				t.Errorf("trace %s has %d spans, want the submit and one attempt", replayed, got)
+			if got := len(spansOf(spans, replayed)); got != 3 {
+				t.Errorf("trace %s has %d spans, want the root, the submit and one attempt", replayed, got)
 			}
 		})
 	})
