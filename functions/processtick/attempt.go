@@ -133,7 +133,12 @@ func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result 
 		return failed(postgres.CodeModelPredictError, "the deployment's URL is not valid")
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if cred := c.UpstreamCredential; cred != "" {
+	cred, err := p.db.UpstreamCredentialOpen(c)
+	if err != nil {
+		p.log.Error("upstream credential not decrypted: the model is not called", "request_id", c.ID.String(), "error", err)
+		return retryable(postgres.CodeInternalServerError, "the deployment's upstream credential could not be decrypted")
+	}
+	if cred != "" {
 		if !strings.Contains(cred, " ") {
 			cred = "Api-Key " + cred
 		}

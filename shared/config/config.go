@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/openasync/asyncrequest/shared/credential"
 )
 
 // Config is the whole configuration. Defaults live in the struct tags.
@@ -26,6 +28,12 @@ type Config struct {
 	Processor Processor
 	Webhook   Webhook
 	Retention Retention
+
+	// UpstreamCredentialKeys encrypt deployments' upstream credentials at
+	// rest: comma-separated base64 keys of 32 bytes, the first encrypts,
+	// all decrypt (credential.ParseKeys). Unset, no deployment may be
+	// given a credential. make dev generates one when unset.
+	UpstreamCredentialKeys string `env:"UPSTREAM_CREDENTIAL_KEYS"`
 
 	// LogFormat is "json" (deployed) or "text" (the dev harness).
 	LogFormat string `env:"LOG_FORMAT, default=json"`
@@ -200,6 +208,9 @@ func (c Config) validate() error {
 		if p.v < 0 || p.v > 65535 {
 			return fmt.Errorf("%s: %d is not a port", p.name, p.v)
 		}
+	}
+	if _, err := credential.ParseKeys(c.UpstreamCredentialKeys); err != nil {
+		return fmt.Errorf("UPSTREAM_CREDENTIAL_KEYS: %w", err)
 	}
 	_, err := c.Database.ConnString()
 	return err

@@ -108,8 +108,8 @@ type ClaimedRequest struct {
 	DeploymentID string
 	IsChain      bool
 	Priority     int
-	// URL is the deployment's base URL; UpstreamCredential is empty when the
-	// deployment has none.
+	// URL is the deployment's base URL; UpstreamCredential is its sealed
+	// credential (DB.UpstreamCredentialOpen), empty when it has none.
 	URL                string
 	UpstreamCredential string
 	Input              []byte
