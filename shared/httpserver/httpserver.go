@@ -8,6 +8,7 @@ package httpserver
 
 import (
 	"bytes"
+	"cmp"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,6 +28,13 @@ import (
 // against the unexpected.
 const ShedWriteTimeoutDefault = 100 * time.Millisecond
 
+// EvictAfterDefault is how long a connection must have been open without
+// completing a request header before the cap may close it to make room: an
+// honest client sends its header at once, so a connection still silent
+// after this is slow or abandoned, while a younger one may simply not have
+// been read yet.
+const EvictAfterDefault = time.Second
+
 // ShedLogIntervalDefault is how often, at most, shedding is logged.
 const ShedLogIntervalDefault = 10 * time.Second
 
@@ -45,6 +53,9 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts open and shed connections.
 	Metrics *telemetry.Metrics
+	// EvictAfter is how long a connection must have been silent to be
+	// closed to make room. Default EvictAfterDefault.
+	EvictAfter time.Duration
 }
 
 // Server is an http.Server whose Serve caps open connections.
@@ -54,9 +65,10 @@ type Server struct {
 }
 
 // New returns a server with o's limits. At the connection cap, an accepted
-// connection makes room by closing the connection that has been idle (or
-// silent since it was opened) the longest; when every connection is busy
-// with a request, the new one gets o.Overloaded's answer and is closed.
+// connection makes room by closing the connection that has been idle, or
+// open for EvictAfter without completing a request header, the longest;
+// when there is none (every connection is in a request, or new), the new
+// one gets o.Overloaded's answer and is closed.
 // Either way the process never holds more than Limits.MaxConns
 // connections, whatever clients do.
 func New(o Options) *Server {
@@ -66,6 +78,7 @@ func New(o Options) *Server {
 	}
 	c := &conns{
 		max:     o.Limits.MaxConns,
+		evict:   cmp.Or(o.EvictAfter, EvictAfterDefault),
 		open:    map[*conn]connState{},
 		log:     log,
 		metrics: o.Metrics,
@@ -186,6 +199,7 @@ type connState struct {
 // conns tracks the open connections of one server.
 type conns struct {
 	max     int
+	evict   time.Duration // see EvictAfterDefault
 	shed    []byte // the raw answer to a refused connection; nil closes it silently
 	log     *slog.Logger
 	metrics *telemetry.Metrics
@@ -220,14 +234,15 @@ func (cs *conns) admit(c *conn) bool {
 	}
 }
 
-// evictableLocked returns the connection idle, or silent since it was
-// opened, for the longest time; nil when every one is in a request.
+// evictableLocked returns the connection idle, or open for cs.evict
+// without a request header, for the longest time; nil when there is none.
 // cs.mu must be held.
 func (cs *conns) evictableLocked() *conn {
 	var oldest *conn
 	var since time.Time
+	silent := time.Now().Add(-cs.evict)
 	for c, st := range cs.open {
-		if st.state != http.StateNew && st.state != http.StateIdle {
+		if st.state != http.StateIdle && (st.state != http.StateNew || st.since.After(silent)) {
 			continue
 		}
 		if oldest == nil || st.since.Before(since) {

@@ -29,11 +29,16 @@ var limits = config.APIServer{
 // start serves h with l on a loopback port until the test ends.
 func start(t *testing.T, l config.APIServer, h http.Handler, overloaded http.Handler) (*httpserver.Server, string) {
 	t.Helper()
+	return startWith(t, httpserver.Options{Handler: h, Limits: l, Overloaded: overloaded})
+}
+
+func startWith(t *testing.T, o httpserver.Options) (*httpserver.Server, string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := httpserver.New(httpserver.Options{Handler: h, Limits: l, Overloaded: overloaded})
+	s := httpserver.New(o)
 	go func() { _ = s.Serve(ln) }()
 	t.Cleanup(func() { _ = s.Close() })
 	return s, ln.Addr().String()
@@ -129,7 +134,8 @@ func TestConnectionCap(t *testing.T) {
 	l := limits
 	l.MaxConns = maxConns
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
-	s, addr := start(t, l, ok, nil)
+	const evictAfter = 100 * time.Millisecond
+	s, addr := startWith(t, httpserver.Options{Handler: ok, Limits: l, EvictAfter: evictAfter})
 
 	before := openFDs(t)
 	for i := range slow {
@@ -142,6 +148,7 @@ func TestConnectionCap(t *testing.T) {
 		// write may fail, which is the point.
 		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n")
 	}
+	time.Sleep(2 * evictAfter) // the slow ones have been silent for long enough to be closed
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: stall}
 	res, err := client.Get("http://" + addr + "/")
@@ -217,4 +224,45 @@ func TestConnectionCapBusy(t *testing.T) {
 		t.Errorf("over the cap: %d %v %q (Connection %q); want the overloaded 503 and close",
 			res.StatusCode, res.Header, body, res.Header.Get("Connection"))
 	}
+}
+
+// TestConnectionCapYoung checks that a connection that has not yet had
+// EvictAfter to send its header is not closed to make room: the newcomer
+// is refused instead.
+func TestConnectionCapYoung(t *testing.T) {
+	t.Parallel()
+	l := limits
+	l.MaxConns = 1
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
+	s, addr := startWith(t, httpserver.Options{Handler: ok, Limits: l, EvictAfter: time.Hour, Overloaded: ok})
+	young, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer young.Close()
+	deadline := time.Now().Add(stall)
+	for s.Open() != 1 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(stall))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil || !res.Close {
+		t.Fatalf("a newcomer at the cap: %v; want the overloaded answer and close", err)
+	}
+	res.Body.Close()
+
+	// The young connection is still served.
+	fmt.Fprint(young, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	_ = young.SetReadDeadline(time.Now().Add(stall))
+	res, err = http.ReadResponse(bufio.NewReader(young), nil)
+	if err != nil || res.StatusCode != http.StatusOK {
+		t.Fatalf("the young connection after a newcomer was refused: %v", err)
+	}
+	res.Body.Close()
 }
