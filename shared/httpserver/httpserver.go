@@ -200,7 +200,7 @@ type connState struct {
 type conns struct {
 	max     int
 	evict   time.Duration // see EvictAfterDefault
-	shed    []byte // the raw answer to a refused connection; nil closes it silently
+	shed    []byte        // the raw answer to a refused connection; nil closes it silently
 	log     *slog.Logger
 	metrics *telemetry.Metrics
 
