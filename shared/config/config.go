@@ -87,6 +87,10 @@ type Processor struct {
 	// BackpressureDelay is how long a request waits after the model said
 	// it is not ready (429, connection refused) without a Retry-After.
 	BackpressureDelay time.Duration `env:"BACKPRESSURE_DELAY, default=2s"`
+	// BackpressureMinDelay is the floor on every back-pressure wait, a
+	// model's Retry-After included, so a model answering 429 with
+	// Retry-After: 0 is called at most once per this delay per request.
+	BackpressureMinDelay time.Duration `env:"BACKPRESSURE_MIN_DELAY, default=100ms"`
 }
 
 // Webhook configures delivery and the URL policy.
@@ -155,6 +159,8 @@ func (c Config) validate() error {
 		return errors.New("LEASE_DURATION: must be at least 1s")
 	case c.Processor.PollInterval <= 0:
 		return errors.New("POLL_INTERVAL: must be positive")
+	case c.Processor.BackpressureMinDelay < time.Millisecond:
+		return errors.New("BACKPRESSURE_MIN_DELAY: must be at least 1ms")
 	case c.Webhook.Timeout <= 0:
 		return errors.New("WEBHOOK_TIMEOUT: must be positive")
 	case len(c.Webhook.Schedule) == 0:
