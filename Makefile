@@ -6,7 +6,7 @@ LAMBDA_FLAGS = CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH_LAMBDA)
 LAMBDA_BUILD = $(LAMBDA_FLAGS) $(GO) build -tags lambda.norpc -trimpath -ldflags='-s -w'
 STATICCHECK  = $(GO) tool staticcheck
 
-.PHONY: dev run-server run-processor run-local-webhook test lint fmt build bench loadtest schema \
+.PHONY: dev run-server run-processor run-local-webhook run-example-model test lint fmt build bench loadtest schema \
 	build-SubmitFunction build-StatusFunction build-ProcessTickFunction build-DeliverWebhookFunction
 
 ## dev: everything in one process (API :9001, processor :9002, webhook receiver :9003, example model :9004)
@@ -28,6 +28,11 @@ run-processor:
 run-local-webhook:
 	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
 	exec bin/asyncdev webhook
+
+## run-example-model: the example model alone on :9004, a deployment's model for trying the service
+run-example-model:
+	$(GO) build -o bin/examplemodel ./localdev/cmd/examplemodel
+	exec bin/examplemodel
 
 ## test: every test, with the race detector, against TEST_DATABASE_URL (else a throwaway container or initdb cluster)
 test:
