@@ -102,6 +102,9 @@ type Processor struct {
 	tracer     trace.Tracer
 	policy     retry.Policy
 	clock      worker.Clock
+	// noDueTimes leaves the claims to wake-ups and the poll (benchmarks'
+	// baseline).
+	noDueTimes bool
 	// claimBatch and completeBatch cap the requests of one claim and one
 	// completion statement; completeBatchBytes caps the outputs of one
 	// completion statement.
