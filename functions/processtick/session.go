@@ -46,7 +46,7 @@ type session struct {
 	// work holds the claimed requests no worker has taken yet; it has room
 	// for Concurrency, more than can be in flight.
 	work chan attempt
-	// workers is the number of workers started; only claimLoop reads or
+	// workers is the number of workers started; only fetch reads or
 	// changes it.
 	workers int
 	// attemptBase is the work context: attempts run under it until they
