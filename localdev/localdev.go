@@ -17,12 +17,15 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/openasync/asyncrequest/db"
+	"github.com/openasync/asyncrequest/functions/console"
 	"github.com/openasync/asyncrequest/functions/deliverwebhook"
+	"github.com/openasync/asyncrequest/functions/manage"
 	"github.com/openasync/asyncrequest/functions/processtick"
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/functions/submit"
@@ -32,6 +35,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	service "github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/probe"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
@@ -56,6 +60,10 @@ type Config struct {
 	// ModelConcurrency is the example deployments' max_concurrency.
 	ModelConcurrency int `env:"LOCALDEV_MODEL_CONCURRENCY, default=8"`
 }
+
+// ConsoleLinkTTL is how long the console link that dev prints signs in
+// (once).
+const ConsoleLinkTTL = time.Hour
 
 // ShutdownTimeoutDefault bounds closing an HTTP server's open connections
 // on stop.
@@ -219,12 +227,17 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 	if err := probe.Ready(ctx, p.DB); err != nil {
 		log.Error("not ready", "error", err)
 	}
+	signIn, err := p.DB.ConsoleLoginTokenCreate(ctx, seeded.APIKey, ConsoleLinkTTL)
+	if err != nil {
+		return err
+	}
 	printBanner(h.out, banner{
 		ports:    [4]int{port(ls[0]), port(ls[1]), port(ls[2]), port(ls[3])},
 		apiKey:   seeded.APIKey,
 		secret:   seeded.WebhookSecret,
 		keyNote:  note(h.local.APIKey == "", "generated; set LOCALDEV_API_KEY to keep one", "LOCALDEV_API_KEY"),
 		database: redact(url) + "  (" + dbNote + ")",
+		signIn:   signIn,
 	})
 
 	err = run.wait(ctx)
@@ -312,34 +325,43 @@ func (h *harness) start(ctx context.Context, service string) (*bootstrap.Process
 	return p, nil
 }
 
-// api is the API as the functions serve it: submit and status, mounted on
-// one port.
+// api is the API as the functions serve it: submit, status and the
+// management API, mounted on one port and sharing one API key cache, with
+// the console under /console/.
 func (h *harness) api(p *bootstrap.Process) http.Handler {
-	return httpapi.Mux(
-		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics}),
-		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics}),
-	)
+	cache := httpapi.NewAuthCache()
+	return console.Mount(httpapi.Mux(
+		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache}),
+		manage.Mount(
+			manage.New(manage.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, AuthCache: cache}),
+			status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache})),
+	), console.New(console.Options{Service: &service.Service{DB: p.DB, Logger: p.Logger, KeyRevoked: cache.Evict}, Logger: p.Logger}))
 }
 
 // workers runs the process-tick and deliver-webhook loops until ctx is
-// canceled; the channel closes once both have stopped gracefully.
+// canceled; the channel closes once both have stopped gracefully. On a stop
+// the deliverer goes on delivering until the processor has recorded its last
+// outcomes, so webhooks of requests finishing in its grace go out too.
 func (h *harness) workers(ctx context.Context, p *bootstrap.Process) <-chan struct{} {
 	proc := processtick.New(processtick.Options{DB: p.DB, Config: h.cfg.Processor, Logger: p.Logger, Metrics: p.Metrics})
+	procDone := make(chan struct{})
 	deliverer := deliverwebhook.New(deliverwebhook.Options{DB: p.DB, Config: h.cfg.Webhook, Logger: p.Logger,
-		Metrics: p.Metrics, ShutdownGrace: h.cfg.Processor.ShutdownGrace})
+		Metrics: p.Metrics, ShutdownGrace: h.cfg.Processor.ShutdownGrace, Upstream: procDone})
+	var loops sync.WaitGroup
+	loops.Go(func() {
+		defer close(procDone)
+		if err := proc.Run(ctx); err != nil {
+			p.Logger.Error("process-tick stopped", "error", err)
+		}
+	})
+	loops.Go(func() {
+		if err := deliverer.Run(ctx); err != nil {
+			p.Logger.Error("deliver-webhook stopped", "error", err)
+		}
+	})
 	done := make(chan struct{})
-	stopped := make(chan struct{}, 2)
-	for name, run := range map[string]func(context.Context) error{"process-tick": proc.Run, "deliver-webhook": deliverer.Run} {
-		go func() {
-			defer func() { stopped <- struct{}{} }()
-			if err := run(ctx); err != nil {
-				p.Logger.Error(name+" stopped", "error", err)
-			}
-		}()
-	}
 	go func() {
-		<-stopped
-		<-stopped
+		loops.Wait()
 		close(done)
 	}()
 	return done

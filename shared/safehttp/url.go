@@ -17,11 +17,11 @@ import (
 const MaxURLLength = 2048
 
 // ErrURLNotAllowed is matched, through errors.Is, by every error CheckURL
-// returns, so that the API can map them all to a 422 in one place.
+// returns, so that the API can map them all to a 400 in one place.
 var ErrURLNotAllowed = errors.New("webhook_endpoint not allowed")
 
 // URLError is the error CheckURL returns. Its message is written for the
-// client who submitted the URL and is safe to return in a 422 as it is: it
+// client who submitted the URL and is safe to return in a 400 as it is: it
 // names the field and the reason, never internal details.
 type URLError struct {
 	// Message is the whole human-readable message, such as
@@ -39,7 +39,7 @@ func rejectURL(reason string) error {
 }
 
 // CheckURL validates a webhook URL when it is submitted, so that a client
-// learns at once (with a 422) that a URL can never be delivered to, rather
+// learns at once (with a 400) that a URL can never be delivered to, rather
 // than from a failed webhook later.
 //
 // It requires valid UTF-8 without U+FFFD, the character encoding/json puts
