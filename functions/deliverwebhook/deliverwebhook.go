@@ -93,8 +93,9 @@ type Options struct {
 	// Metrics, when set, counts deliveries by outcome and times them.
 	Metrics *telemetry.Metrics
 	// Client sends the webhooks. Nil means safehttp.NewClient with the
-	// policy of Config (AllowHTTP, AllowPrivate) and Config.Timeout. Whatever
-	// the client, redirects are never followed.
+	// policy of Config (AllowHTTP, AllowPrivate) and Config.Timeout, keeping
+	// up to Config.Concurrency idle connections per host. Whatever the
+	// client, redirects are never followed.
 	Client *http.Client
 	// TracerProvider makes the delivery spans; nil means the global one.
 	TracerProvider trace.TracerProvider
@@ -160,6 +161,12 @@ func New(o Options) *Deliverer {
 	client := o.Client
 	if client == nil {
 		client = safehttp.NewClient(safehttp.Policy{AllowHTTP: cfg.AllowHTTP, AllowPrivate: cfg.AllowPrivate}, cfg.Timeout)
+		if tr, ok := client.Transport.(*http.Transport); ok {
+			// Keep a connection per concurrent delivery: a busy receiver
+			// then costs no new connection per webhook.
+			tr.MaxIdleConnsPerHost = cfg.Concurrency
+			tr.MaxIdleConns = max(tr.MaxIdleConns, cfg.Concurrency)
+		}
 	} else {
 		c := *client
 		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -298,7 +305,8 @@ type session struct {
 	c counters
 
 	mu       sync.Mutex
-	inflight int       // claimed, outcome not yet written or handed back
+	sending  int       // claimed, attempt under way
+	held     int       // claimed, outcome not yet written or handed back
 	pending  []outcome // outcomes waiting for the completer
 
 	outcomeReady chan struct{} // 1-buffered: pending has outcomes
@@ -377,7 +385,7 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan str
 		}
 
 		s.mu.Lock()
-		free := d.cfg.Concurrency - s.inflight
+		free := min(d.cfg.Concurrency-s.sending, d.cfg.Concurrency+d.outcomeBatch-s.held)
 		s.mu.Unlock()
 		full = free <= 0
 		if full {
@@ -404,7 +412,8 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan str
 		}
 		s.c.claimed.Add(int64(len(batch)))
 		s.mu.Lock()
-		s.inflight += len(batch)
+		s.sending += len(batch)
+		s.held += len(batch)
 		s.mu.Unlock()
 		for _, del := range batch {
 			deliveries.Go(func() { s.deliver(workCtx, del) })
@@ -457,10 +466,21 @@ func (s *session) record(o outcome) {
 	nudge(s.outcomeReady)
 }
 
-// done frees n slots.
+// sent frees the sending slot of an attempt whose answer is in: the next
+// webhook goes out while the outcome waits for its write.
+func (s *session) sent() {
+	s.mu.Lock()
+	s.sending--
+	s.mu.Unlock()
+	nudge(s.freed)
+}
+
+// done lets go of n claimed rows whose outcomes were written or handed back.
+// At most Concurrency plus one outcome statement's rows are held, so a slow
+// database slows the claims.
 func (s *session) done(n int) {
 	s.mu.Lock()
-	s.inflight -= n
+	s.held -= n
 	s.mu.Unlock()
 	nudge(s.freed)
 }
