@@ -31,6 +31,7 @@ import (
 	"github.com/openasync/asyncrequest/localdev/receiver"
 	"github.com/openasync/asyncrequest/shared/bootstrap"
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/probe"
 	"github.com/openasync/asyncrequest/shared/webhook"
@@ -170,7 +171,7 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 			}
 			log.Info("throwaway postgres removed")
 		}()
-		h.cfg.Database.URL = pg.URL
+		h.cfg.Database.URL = pg.DatabaseURL(ThrowawayDatabase)
 		dbNote = "throwaway (" + pg.Kind + "), removed on exit"
 	}
 	url, err := h.cfg.Database.ConnString()
@@ -181,6 +182,10 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 		return fmt.Errorf("migrate %s: %w", redact(url), err)
 	}
 
+	if h.cfg.UpstreamCredentialKeys == "" {
+		h.cfg.UpstreamCredentialKeys = credential.NewKey()
+		log.Info("UPSTREAM_CREDENTIAL_KEYS is unset: upstream credentials are encrypted under a key made for this run")
+	}
 	p, err := bootstrap.Start(ctx, "asyncdev", h.cfg)
 	if err != nil {
 		return err
