@@ -304,10 +304,10 @@ type session struct {
 	d *Deliverer
 	c counters
 
-	mu       sync.Mutex
-	sending  int       // claimed, attempt under way
-	held     int       // claimed, outcome not yet written or handed back
-	pending  []outcome // outcomes waiting for the completer
+	mu      sync.Mutex
+	sending int       // claimed, attempt under way
+	held    int       // claimed, outcome not yet written or handed back
+	pending []outcome // outcomes waiting for the completer
 
 	outcomeReady chan struct{} // 1-buffered: pending has outcomes
 	freed        chan struct{} // 1-buffered: outcomes were written, slots are free
