@@ -81,14 +81,19 @@ func BenchmarkWebhookDrain(b *testing.B) {
 }
 
 // BenchmarkWebhookLateness measures how late scheduled webhook retries
-// arrive after their due time. Each iteration finishes lateRequests requests
-// whose receiver answers the first attempt 503, so each webhook is retried
-// on the schedule (500 ms, ±10 % jitter); lateness is the retry's arrival at
-// the receiver less its due_at, both by this machine's clock. DueTimer is the
+// arrive after their due time. Each iteration finishes lateRequests requests,
+// in lateGroups groups lateSpacing apart, whose receiver answers the first
+// attempt 503, so each webhook is retried on the schedule (500 ms, ±10 %
+// jitter): about 500 retries a second come due. Lateness is the retry's
+// arrival at the receiver less its due_at, both by this machine's clock. DueTimer is the
 // deliverer as it runs; PollOnly finds due retries by the default 1 s poll
 // alone, as before the deliverer knew the next due time.
 func BenchmarkWebhookLateness(b *testing.B) {
-	const lateRequests = 200
+	const (
+		lateRequests = 200
+		lateGroups   = 4
+		lateSpacing  = 100 * time.Millisecond
+	)
 	for _, c := range []struct {
 		name     string
 		dueTimer bool
@@ -129,7 +134,11 @@ func BenchmarkWebhookLateness(b *testing.B) {
 			var late []time.Duration
 			for b.Loop() {
 				want := retries.Load() + lateRequests
-				ids := bench.queue(lateRequests, rc.URL, 0)
+				var ids []requestid.ID
+				for range lateGroups {
+					ids = append(ids, bench.queue(lateRequests/lateGroups, rc.URL, 0)...)
+					time.Sleep(lateSpacing)
+				}
 				bench.await(func() bool { return retries.Load() >= want && bench.open() == 0 })
 				due := bench.dueTimes(ids)
 				mu.Lock()
