@@ -235,7 +235,9 @@ func (t *benchDB) queue(n int, endpoint string, dueIn time.Duration) []requestid
 	if err != nil {
 		t.b.Fatal(err)
 	}
-	t.db.WebhookWake(context.Background())
+	if err := t.db.Notify(context.Background(), postgres.Notice{Deliverers: true}); err != nil {
+		t.b.Fatal(err)
+	}
 	return ids
 }
 
