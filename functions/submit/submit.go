@@ -63,6 +63,11 @@ const DeploymentCacheTTLDefault = 5 * time.Second
 // deploymentCacheMax bounds the deployment cache; past it, it starts over.
 const deploymentCacheMax = 10_000
 
+// SubmitTimeoutDefault bounds the work of a submit after its body is read
+// and validated (resolving the deployment, the cap, the insert), which no
+// longer depends on the client's connection.
+const SubmitTimeoutDefault = 15 * time.Second
+
 // MaxIdempotencyKeyLength bounds the Idempotency-Key header.
 const MaxIdempotencyKeyLength = 255
 
@@ -97,7 +102,7 @@ func New(o Options) http.Handler {
 		cap:    cmp.Or(o.API.MaxActiveRequests, MaxActiveRequestsDefault),
 		now:    o.Now,
 		active: map[int64]activeCount{},
-		deps:   map[postgres.DeploymentTarget]cachedDeployment{},
+		deps:   map[deploymentKey]cachedDeployment{},
 		m:      o.Metrics,
 	}
 	s.batcher = o.Batcher
@@ -116,13 +121,14 @@ func New(o Options) http.Handler {
 	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now})
 	limit := httpapi.RateLimit(cmp.Or(o.API.SubmitRate, httpapi.SubmitRateDefault),
 		cmp.Or(o.API.SubmitBurst, httpapi.SubmitBurstDefault), s.now)
-	var rt httpapi.Router
-	for _, where := range httpapi.DeploymentPaths {
-		for action, kind := range httpapi.SubmitActions {
-			rt.Handle("POST "+where+action, auth(limit(s.submit(kind))))
-		}
-	}
-	return httpapi.WithTarget(&rt)
+	return httpapi.NewRouter(httpapi.RouterOptions{
+		Function: httpapi.FunctionSubmit,
+		Handlers: map[string]http.Handler{
+			httpapi.HandlerSubmitModel: limit(s.submit(postgres.KindModel)),
+			httpapi.HandlerSubmitChain: limit(s.submit(postgres.KindChain)),
+		},
+		Authenticate: func(httpapi.Auth) func(http.Handler) http.Handler { return auth },
+	})
 }
 
 type server struct {
@@ -137,12 +143,20 @@ type server struct {
 
 	mu     sync.Mutex
 	active map[int64]activeCount
-	deps   map[postgres.DeploymentTarget]cachedDeployment
+	deps   map[deploymentKey]cachedDeployment
+}
+
+// deploymentKey is what a submit URL says about its deployment: the
+// DeploymentTarget, or on a regional route the Host's label alone.
+type deploymentKey struct {
+	regional bool
+	target   postgres.DeploymentTarget
 }
 
 type cachedDeployment struct {
-	d  postgres.Deployment
-	at time.Time
+	target httpapi.Target
+	d      postgres.Deployment
+	at     time.Time
 }
 
 type activeCount struct {
@@ -193,6 +207,10 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			httpapi.WriteError(w, r, s.log, err)
 			return
 		}
+		if len(r.Header.Values("Idempotency-Key")) > 1 {
+			httpapi.WriteError(w, r, s.log, httpapi.RepeatedHeader("Idempotency-Key"))
+			return
+		}
 		idemKey := r.Header.Get("Idempotency-Key")
 		if len(idemKey) > MaxIdempotencyKeyLength || strings.ContainsFunc(idemKey, func(c rune) bool { return c < 0x20 || c > 0x7e }) {
 			httpapi.WriteError(w, r, s.log, httpapi.Invalid("Idempotency-Key",
@@ -203,7 +221,17 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			httpapi.WriteError(w, r, s.log, errNoDeployment)
 			return
 		}
-		dep, err := s.resolve(ctx, httpapi.DeploymentTarget(r, org, target))
+		// The body is read and valid: from here the submit runs to its end
+		// even if the client goes away (net/http cancels r.Context() when a
+		// client half-closes after sending, as scripts do), so a request
+		// that gets stored is answered 201 to whoever is still listening,
+		// and never reported as a 503 it was not.
+		client := ctx
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeoutDefault)
+		defer cancel()
+		named := target // as the URL names it, before a regional Host is split
+		depKey := s.deploymentKey(r, org, target)
+		target, dep, err := s.resolve(ctx, r, depKey, target)
 		if errors.Is(err, postgres.ErrNotFound) {
 			err = errNoDeployment
 		}
@@ -225,12 +253,12 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			// URL, not the deployment it resolves to, so a replay after a
 			// promotion still replays.)
 			h := sha256.New()
-			fmt.Fprintf(h, "%s\x00%s\x00%s\x00", target.Kind, target.ID, r.URL.Path)
+			fmt.Fprintf(h, "%s\x00%s\x00%s\x00", named.Kind, named.ID, r.URL.Path)
 			h.Write(raw)
 			params.BodyHash = h.Sum(nil)
 		}
 
-		ctx, span := s.startSpan(r, params)
+		ctx, span := s.startSpan(ctx, params)
 		defer span.End()
 		r = r.WithContext(ctx)
 
@@ -238,13 +266,13 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		// of one that was accepted: with an Idempotency-Key it gets its
 		// original answer.
 		var res postgres.RequestInsertResult
-		err = s.admit(r, org)
+		err = s.admit(ctx, org)
 		admitted := err == nil
 		switch {
 		case admitted:
 			res, err = s.batcher.Insert(ctx, params)
 			if errors.Is(err, postgres.ErrNotFound) {
-				s.forget(httpapi.DeploymentTarget(r, org, target))
+				s.forget(depKey)
 				err = errNoDeployment
 			}
 		case idemKey != "":
@@ -267,39 +295,51 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		}
 		s.log.DebugContext(ctx, "request submitted", "request_id", res.ID.String(), "model_id", target.ID,
 			"deployment_id", dep.ID, "replayed", res.Replayed)
+		if client.Err() != nil {
+			s.log.InfoContext(ctx, "client went away before its answer; the request is stored",
+				"request_id", res.ID.String(), "model_id", target.ID, "deployment_id", dep.ID)
+		}
 		httpapi.Encode(w, http.StatusCreated, struct {
 			RequestID requestid.ID `json:"request_id"`
 		}{res.ID})
 	}
 }
 
-// resolve is DeploymentResolve through the instance's cache of
+// deploymentKey is the deployment cache's key for a submit to t.
+func (s *server) deploymentKey(r *http.Request, org int64, t httpapi.Target) deploymentKey {
+	if httpapi.IsRegional(r) {
+		return deploymentKey{regional: true, target: postgres.DeploymentTarget{OrganizationID: org, Kind: t.Kind, ModelID: t.ID}}
+	}
+	return deploymentKey{target: httpapi.DeploymentTarget(r, org, t)}
+}
+
+// resolve is httpapi.ResolveDeployment through the instance's cache of
 // DeploymentCacheTTLDefault.
-func (s *server) resolve(ctx context.Context, t postgres.DeploymentTarget) (postgres.Deployment, error) {
+func (s *server) resolve(ctx context.Context, r *http.Request, k deploymentKey, t httpapi.Target) (httpapi.Target, postgres.Deployment, error) {
 	now := s.now()
 	s.mu.Lock()
-	c, ok := s.deps[t]
+	c, ok := s.deps[k]
 	s.mu.Unlock()
 	if ok && !now.Before(c.at) && now.Sub(c.at) < DeploymentCacheTTLDefault {
-		return c.d, nil
+		return c.target, c.d, nil
 	}
-	d, err := s.db.DeploymentResolve(ctx, t)
+	t, d, err := httpapi.ResolveDeployment(ctx, s.db, r, k.target.OrganizationID, t)
 	if err != nil {
-		return d, err
+		return t, d, err
 	}
 	s.mu.Lock()
 	if len(s.deps) >= deploymentCacheMax {
 		clear(s.deps)
 	}
-	s.deps[t] = cachedDeployment{d: d, at: now}
+	s.deps[k] = cachedDeployment{target: t, d: d, at: now}
 	s.mu.Unlock()
-	return d, nil
+	return t, d, nil
 }
 
 // forget drops a deployment the insert found gone.
-func (s *server) forget(t postgres.DeploymentTarget) {
+func (s *server) forget(k deploymentKey) {
 	s.mu.Lock()
-	delete(s.deps, t)
+	delete(s.deps, k)
 	s.mu.Unlock()
 }
 
@@ -334,7 +374,8 @@ func (s *server) validate(b body) (postgres.RequestInsertParams, error) {
 				fmt.Sprintf("%s must be between %d and %d, not %d", c.field, c.lo, c.h, c.v))
 		}
 	}
-	if b.WebhookEndpoint != nil {
+	// "" is no webhook, as null is: the original API's samples send it.
+	if b.WebhookEndpoint != nil && *b.WebhookEndpoint != "" {
 		if err := safehttp.CheckURL(*b.WebhookEndpoint, s.policy); err != nil {
 			return postgres.RequestInsertParams{}, err
 		}
@@ -355,13 +396,13 @@ func orDefault[T any](p *T, def T) T {
 // startSpan starts the submit span in the trace whose id is the request id,
 // so the submit, every attempt and every webhook delivery of a request are
 // one trace.
-func (s *server) startSpan(r *http.Request, p postgres.RequestInsertParams) (context.Context, trace.Span) {
+func (s *server) startSpan(ctx context.Context, p postgres.RequestInsertParams) (context.Context, trace.Span) {
 	var spanID trace.SpanID
 	copy(spanID[:], p.ID[8:]) // random bits of the id; never all zero with the variant bit set
 	parent := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: trace.TraceID(p.ID), SpanID: spanID, TraceFlags: trace.FlagsSampled, Remote: true,
 	})
-	ctx := trace.ContextWithRemoteSpanContext(r.Context(), parent)
+	ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	ctx, span := s.tracer.Start(ctx, "submit", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("request_id", p.ID.String()),
 		attribute.String("model_id", p.ModelID),
@@ -375,13 +416,13 @@ func (s *server) startSpan(r *http.Request, p postgres.RequestInsertParams) (con
 // instance's submits to the count in between, so the cap is exact for one
 // instance and overshoots by at most what other instances accept within
 // that second.
-func (s *server) admit(r *http.Request, org int64) error {
+func (s *server) admit(ctx context.Context, org int64) error {
 	now := s.now()
 	s.mu.Lock()
 	c, ok := s.active[org]
 	s.mu.Unlock()
 	if !ok || now.Before(c.at) || now.Sub(c.at) >= ActiveCountTTLDefault {
-		n, err := s.db.RequestCountActive(r.Context(), org, s.cap)
+		n, err := s.db.RequestCountActive(ctx, org, s.cap)
 		if err != nil {
 			return err
 		}
