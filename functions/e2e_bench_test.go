@@ -38,6 +38,8 @@ import (
 //     every commit's flush, so no two commits share one.
 //   - RawInsertThenNotify16: the insert, then the pg_notify in a
 //     transaction of its own with synchronous_commit off.
+//   - Batcher64: the submit's group commit alone, without HTTP: 64
+//     goroutines calling RequestBatcher.Insert, nothing draining.
 //   - SubmitHTTP64: POST async_predict over a real listener from 64 client
 //     connections, the processor draining meanwhile (HTTP model), and
 //     SubmitHTTP64NoProcessor, the same with nothing draining, to show
@@ -84,6 +86,9 @@ func BenchmarkWritePath(b *testing.B) {
 		svc.reportBatches(b)
 		b.ReportMetric(0, "ns/op")
 	}
+	b.Run("Batcher64", func(b *testing.B) {
+		versusRaw(b, batcherInserts(b))
+	})
 	b.Run("SubmitHTTP64", func(b *testing.B) { submits(b, true, 16000) })
 	b.Run("SubmitHTTP64NoProcessor", func(b *testing.B) { submits(b, false, 8000) })
 	b.Run("EndToEndHTTP64", func(b *testing.B) {
@@ -231,6 +236,56 @@ func rawInserts(b *testing.B, kind rawKind) float64 {
 	}
 	rate := float64(int64(b.N)*rawRows(kind)) / total.Seconds()
 	b.ReportMetric(rate, "req/s")
+	b.ReportMetric(0, "ns/op")
+	return rate
+}
+
+// batcherInserts runs the Batcher64 case and returns its rate.
+func batcherInserts(b *testing.B) float64 {
+	ctx := context.Background()
+	db, err := postgres.Open(ctx, pgtest.URL(b), 20)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	tenant := pgtest.SeedTenant(b, db, "bench", []postgres.Model{{ID: "example", Kind: postgres.KindModel}},
+		[]postgres.Deployment{{ID: "example-1", ModelID: "example", Environments: []string{"production"}}})
+	batcher := postgres.NewRequestBatcher(db, postgres.RequestBatcherOptions{})
+	const perIteration = 16000
+	var total time.Duration
+	for b.Loop() {
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		start := time.Now()
+		for range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for next.Add(1) <= perIteration {
+					_, err := batcher.Insert(ctx, postgres.RequestInsertParams{
+						ID: requestid.New(), OrganizationID: tenant.ID, ModelID: "example", DeploymentID: "example-1",
+						MaxTimeInQueue: 10 * time.Minute, MaxAttempts: 3, InitialDelayMS: 1000, MaxDelayMS: 5000,
+						Input: []byte(`{"prompt": "load"}`),
+					})
+					if err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		total += time.Since(start)
+		close(errs)
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	rate := float64(b.N*perIteration) / total.Seconds()
+	st := batcher.Stats()
+	b.ReportMetric(rate, "req/s")
+	b.ReportMetric(float64(st.Rows)/float64(max(st.Batches, 1)), "rows/batch")
 	b.ReportMetric(0, "ns/op")
 	return rate
 }
