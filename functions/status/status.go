@@ -34,6 +34,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts cancels in async_requests_completed_total.
 	Metrics *telemetry.Metrics
+	// AuthCache is the instance's API key cache, shared with the other
+	// handlers of the process so a revoked key is refused at once on all
+	// of them; nil makes one for this handler.
+	AuthCache *httpapi.AuthCache
 	// Now is the clock of the auth cache and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
@@ -46,7 +50,7 @@ func New(o Options) http.Handler {
 	if now == nil {
 		now = time.Now
 	}
-	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: now})
+	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: now, Cache: o.AuthCache})
 	readRate := cmp.Or(o.API.ReadRate, httpapi.ReadRateDefault)
 	limit := httpapi.RateLimit(readRate, httpapi.ReadBurst(readRate), now)
 	return httpapi.NewRouter(httpapi.RouterOptions{

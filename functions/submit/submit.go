@@ -53,6 +53,11 @@ const ActiveCountTTLDefault = time.Second
 // IN_PROGRESS requests when Options.API sets none.
 const MaxActiveRequestsDefault = 50_000
 
+// SubmitTimeoutDefault bounds the work of a submit after its body is read
+// and validated (resolving the deployment, the cap, the insert), which no
+// longer depends on the client's connection.
+const SubmitTimeoutDefault = 15 * time.Second
+
 // DeploymentCacheTTLDefault is how long one instance reuses the deployment
 // a submit URL resolved to, saving a query per submit. An environment
 // re-pointed to another deployment takes effect within it; a deleted
@@ -62,11 +67,6 @@ const DeploymentCacheTTLDefault = 5 * time.Second
 
 // deploymentCacheMax bounds the deployment cache; past it, it starts over.
 const deploymentCacheMax = 10_000
-
-// SubmitTimeoutDefault bounds the work of a submit after its body is read
-// and validated (resolving the deployment, the cap, the insert), which no
-// longer depends on the client's connection.
-const SubmitTimeoutDefault = 15 * time.Second
 
 // MaxIdempotencyKeyLength bounds the Idempotency-Key header.
 const MaxIdempotencyKeyLength = 255
@@ -84,6 +84,10 @@ type Options struct {
 	Metrics *telemetry.Metrics
 	// TracerProvider makes the submit span; default the global provider.
 	TracerProvider trace.TracerProvider
+	// AuthCache is the instance's API key cache, shared with the other
+	// handlers of the process so a revoked key is refused at once on all
+	// of them; nil makes one for this handler.
+	AuthCache *httpapi.AuthCache
 	// Now is the clock of the caches and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
@@ -102,7 +106,7 @@ func New(o Options) http.Handler {
 		cap:    cmp.Or(o.API.MaxActiveRequests, MaxActiveRequestsDefault),
 		now:    o.Now,
 		active: map[int64]activeCount{},
-		deps:   map[deploymentKey]cachedDeployment{},
+		deps:   map[postgres.DeploymentTarget]cachedDeployment{},
 		m:      o.Metrics,
 	}
 	s.batcher = o.Batcher
@@ -118,7 +122,7 @@ func New(o Options) http.Handler {
 	}
 	s.tracer = tp.Tracer("github.com/openasync/asyncrequest/functions/submit")
 
-	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now})
+	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now, Cache: o.AuthCache})
 	limit := httpapi.RateLimit(cmp.Or(o.API.SubmitRate, httpapi.SubmitRateDefault),
 		cmp.Or(o.API.SubmitBurst, httpapi.SubmitBurstDefault), s.now)
 	return httpapi.NewRouter(httpapi.RouterOptions{
@@ -143,20 +147,12 @@ type server struct {
 
 	mu     sync.Mutex
 	active map[int64]activeCount
-	deps   map[deploymentKey]cachedDeployment
-}
-
-// deploymentKey is what a submit URL says about its deployment: the
-// DeploymentTarget, or on a regional route the Host's label alone.
-type deploymentKey struct {
-	regional bool
-	target   postgres.DeploymentTarget
+	deps   map[postgres.DeploymentTarget]cachedDeployment
 }
 
 type cachedDeployment struct {
-	target httpapi.Target
-	d      postgres.Deployment
-	at     time.Time
+	d  postgres.Deployment
+	at time.Time
 }
 
 type activeCount struct {
@@ -230,8 +226,12 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeoutDefault)
 		defer cancel()
 		named := target // as the URL names it, before a regional Host is split
-		depKey := s.deploymentKey(r, org, target)
-		target, dep, err := s.resolve(ctx, r, depKey, target)
+		var dep postgres.Deployment
+		if httpapi.IsRegional(r) {
+			target, dep, err = httpapi.ResolveDeployment(ctx, s.db, r, org, target)
+		} else {
+			dep, err = s.resolve(ctx, httpapi.DeploymentTarget(r, org, target))
+		}
 		if errors.Is(err, postgres.ErrNotFound) {
 			err = errNoDeployment
 		}
@@ -272,7 +272,7 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		case admitted:
 			res, err = s.batcher.Insert(ctx, params)
 			if errors.Is(err, postgres.ErrNotFound) {
-				s.forget(depKey)
+				s.forget(httpapi.DeploymentTarget(r, org, target))
 				err = errNoDeployment
 			}
 		case idemKey != "":
@@ -305,41 +305,33 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 	}
 }
 
-// deploymentKey is the deployment cache's key for a submit to t.
-func (s *server) deploymentKey(r *http.Request, org int64, t httpapi.Target) deploymentKey {
-	if httpapi.IsRegional(r) {
-		return deploymentKey{regional: true, target: postgres.DeploymentTarget{OrganizationID: org, Kind: t.Kind, ModelID: t.ID}}
-	}
-	return deploymentKey{target: httpapi.DeploymentTarget(r, org, t)}
-}
-
-// resolve is httpapi.ResolveDeployment through the instance's cache of
+// resolve is DeploymentResolve through the instance's cache of
 // DeploymentCacheTTLDefault.
-func (s *server) resolve(ctx context.Context, r *http.Request, k deploymentKey, t httpapi.Target) (httpapi.Target, postgres.Deployment, error) {
+func (s *server) resolve(ctx context.Context, t postgres.DeploymentTarget) (postgres.Deployment, error) {
 	now := s.now()
 	s.mu.Lock()
-	c, ok := s.deps[k]
+	c, ok := s.deps[t]
 	s.mu.Unlock()
 	if ok && !now.Before(c.at) && now.Sub(c.at) < DeploymentCacheTTLDefault {
-		return c.target, c.d, nil
+		return c.d, nil
 	}
-	t, d, err := httpapi.ResolveDeployment(ctx, s.db, r, k.target.OrganizationID, t)
+	d, err := s.db.DeploymentResolve(ctx, t)
 	if err != nil {
-		return t, d, err
+		return d, err
 	}
 	s.mu.Lock()
 	if len(s.deps) >= deploymentCacheMax {
 		clear(s.deps)
 	}
-	s.deps[k] = cachedDeployment{target: t, d: d, at: now}
+	s.deps[t] = cachedDeployment{d: d, at: now}
 	s.mu.Unlock()
-	return t, d, nil
+	return d, nil
 }
 
 // forget drops a deployment the insert found gone.
-func (s *server) forget(k deploymentKey) {
+func (s *server) forget(t postgres.DeploymentTarget) {
 	s.mu.Lock()
-	delete(s.deps, k)
+	delete(s.deps, t)
 	s.mu.Unlock()
 }
 
