@@ -52,9 +52,9 @@ fmt:
 bench: SHELL := /bin/bash
 bench:
 	@[ -n "$$TEST_DATABASE_URL" ] || echo "bench: TEST_DATABASE_URL is unset; trying a Postgres container"
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 3x ./functions/... 2>&1 | tee bench-results.txt
+	set -o pipefail; $(GO) test -p 1 -timeout 20m -run '^$$' -bench . -benchtime 3x ./functions/... 2>&1 | tee bench-results.txt
 	@grep -q 'req/s' bench-results.txt || { echo "bench: no figures (no database?): set TEST_DATABASE_URL"; exit 1; }
-	@summary=$$(awk '/req\/s|late-ms/ { line = sprintf("%-45s", $$1); \
+	@summary=$$(awk '/req\/s|late-ms|p50-ms/ { line = sprintf("%-45s", $$1); \
 		for (i = 3; i < NF; i += 2) if ($$(i+1) != "ns/op") line = line sprintf(" %10s %s", $$i, $$(i+1)); print line }' \
 		bench-results.txt); printf '\nsummary\n%s\n' "$$summary" | tee -a bench-results.txt
 
