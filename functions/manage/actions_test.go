@@ -224,11 +224,8 @@ func TestBulk(t *testing.T) {
 	t.Run("RetryByFilter", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		var failed []string
 		for range 3 {
-			id := b.insert(b.acme, "m1", "m1-a", "")
-			b.finish(id, postgres.StateFailed)
-			failed = append(failed, id)
+			b.finish(b.insert(b.acme, "m1", "m1-a", ""), postgres.StateFailed)
 		}
 		expired := b.insert(b.acme, "m1", "m1-b", "")
 		b.finish(expired, postgres.StateExpired)

@@ -140,11 +140,11 @@ type listBody struct {
 func TestScope(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	for _, route := range manage.Routes {
-		method, pattern, _ := strings.Cut(route, " ")
+	for _, route := range httpapi.ManagementRoutes {
+		method, pattern := route.Method, route.Pattern
 		path := strings.NewReplacer("{request_id}", requestid.New().String(), "{deployment_id}", "m1-a",
 			"{model_id}", "m1", "{api_key_id}", "1").Replace(pattern)
-		t.Run(strings.ReplaceAll(route, "/", "_"), func(t *testing.T) {
+		t.Run(strings.ReplaceAll(route.String(), "/", "_"), func(t *testing.T) {
 			t.Parallel()
 			rec := b.do(method, path, b.invokeKey, "{}")
 			apitest.CheckError(t, rec, http.StatusForbidden, "FORBIDDEN", "")

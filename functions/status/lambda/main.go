@@ -19,14 +19,13 @@ import (
 func main() {
 	p := bootstrap.MustStart(context.Background(), "async-status")
 	cache := httpapi.NewAuthCache()
-	h := manage.Mount(
-		manage.New(manage.Options{DB: p.DB, API: p.Config.API, Logger: p.Logger, AuthCache: cache}),
-		status.New(status.Options{
-			DB:        p.DB,
-			API:       p.Config.API,
-			Logger:    p.Logger,
-			Metrics:   p.Metrics,
-			AuthCache: cache,
-		}))
+	h := status.New(status.Options{
+		DB:        p.DB,
+		API:       p.Config.API,
+		Logger:    p.Logger,
+		Metrics:   p.Metrics,
+		AuthCache: cache,
+		Handlers:  manage.Handlers(manage.Options{DB: p.DB, API: p.Config.API, Logger: p.Logger, AuthCache: cache}),
+	})
 	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h, httpapi.ResponseTooLarge(p.Logger))), lambda.WithEnableSIGTERM(p.Close))
 }
