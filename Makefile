@@ -6,7 +6,7 @@ LAMBDA_FLAGS = CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH_LAMBDA)
 LAMBDA_BUILD = $(LAMBDA_FLAGS) $(GO) build -tags lambda.norpc -trimpath -ldflags='-s -w'
 STATICCHECK  = $(GO) tool staticcheck
 
-.PHONY: dev run-server run-processor run-local-webhook test lint fmt build bench schema \
+.PHONY: dev run-server run-processor run-local-webhook test lint fmt build bench loadtest schema \
 	build-SubmitFunction build-StatusFunction build-ProcessTickFunction build-DeliverWebhookFunction
 
 ## dev: everything in one process (API :9001, processor :9002, webhook receiver :9003, example model :9004)
@@ -52,6 +52,12 @@ bench:
 	@summary=$$(awk '/req\/s/ { line = sprintf("%-45s", $$1); \
 		for (i = 3; i < NF; i += 2) if ($$(i+1) != "ns/op") line = line sprintf(" %10s %s", $$i, $$(i+1)); print line }' \
 		bench-results.txt); printf '\nsummary\n%s\n' "$$summary" | tee -a bench-results.txt
+
+## loadtest: drive a running service through its public API (LOADTEST_URL, LOADTEST_API_KEY,
+## LOADTEST_WEBHOOK_SECRET, LOADTEST_CONCURRENCY, LOADTEST_COUNT; or ARGS='-count 20000 ...')
+loadtest:
+	$(GO) build -o bin/asyncload ./localdev/cmd/asyncload
+	bin/asyncload $(ARGS)
 
 ## schema: regenerate db/schema.sql from a scratch database
 schema:

@@ -59,6 +59,23 @@ CREATE TABLE public.async_requests (
     CONSTRAINT async_requests_webhook_state_check CHECK ((webhook_state = ANY (ARRAY['PENDING'::text, 'SUCCEEDED'::text, 'FAILED'::text, 'CANCELED'::text, 'NO_WEBHOOK_PROVIDED'::text])))
 );
 
+CREATE TABLE public.console_login_tokens (
+    token_hash bytea NOT NULL,
+    api_key_id bigint NOT NULL,
+    expires_at timestamp with time zone NOT NULL
+);
+
+CREATE TABLE public.console_sessions (
+    id_hash bytea NOT NULL,
+    organization_id bigint NOT NULL,
+    api_key_id bigint NOT NULL,
+    scope text NOT NULL,
+    csrf_token text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    CONSTRAINT console_sessions_scope_check CHECK ((scope = ANY (ARRAY['invoke'::text, 'manage'::text])))
+);
+
 CREATE TABLE public.deployments (
     id text NOT NULL,
     model_id text NOT NULL,
@@ -209,6 +226,12 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.async_requests
     ADD CONSTRAINT async_requests_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY public.console_login_tokens
+    ADD CONSTRAINT console_login_tokens_pkey PRIMARY KEY (token_hash);
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_pkey PRIMARY KEY (id_hash);
+
 ALTER TABLE ONLY public.deployments
     ADD CONSTRAINT deployments_pkey PRIMARY KEY (id);
 
@@ -246,6 +269,8 @@ CREATE INDEX async_requests_active_org_idx ON public.async_requests USING btree 
 
 CREATE INDEX async_requests_deployment_created_idx ON public.async_requests USING btree (deployment_id, created_at, id);
 
+CREATE INDEX async_requests_finished_idx ON public.async_requests USING btree (organization_id, finished_at) WHERE (finished_at IS NOT NULL);
+
 CREATE INDEX async_requests_in_progress_idx ON public.async_requests USING btree (deployment_id, lease_expires_at) WHERE (state = 'IN_PROGRESS'::text);
 
 CREATE INDEX async_requests_org_created_idx ON public.async_requests USING btree (organization_id, created_at, id);
@@ -259,6 +284,10 @@ CREATE INDEX async_requests_purge_at_idx ON public.async_requests USING btree (p
 CREATE INDEX async_requests_queued_deadline_idx ON public.async_requests USING btree (deadline_at) WHERE (state = 'QUEUED'::text);
 
 CREATE INDEX async_requests_queued_idx ON public.async_requests USING btree (deployment_id, priority, due_at, id) WHERE (state = 'QUEUED'::text);
+
+CREATE INDEX console_sessions_api_key_id_idx ON public.console_sessions USING btree (api_key_id);
+
+CREATE INDEX console_sessions_expires_at_idx ON public.console_sessions USING btree (expires_at);
 
 CREATE INDEX deployments_model_id_idx ON public.deployments USING btree (model_id);
 
@@ -278,6 +307,15 @@ CREATE INDEX webhook_secrets_organization_id_idx ON public.webhook_secrets USING
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_login_tokens
+    ADD CONSTRAINT console_login_tokens_api_key_id_fkey FOREIGN KEY (api_key_id) REFERENCES public.api_keys(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_api_key_id_fkey FOREIGN KEY (api_key_id) REFERENCES public.api_keys(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY public.console_sessions
+    ADD CONSTRAINT console_sessions_organization_id_fkey FOREIGN KEY (organization_id) REFERENCES public.organizations(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY public.deployments
     ADD CONSTRAINT deployments_model_id_fkey FOREIGN KEY (model_id) REFERENCES public.models(id) ON DELETE CASCADE;
@@ -311,3 +349,4 @@ ALTER TABLE ONLY public.webhook_secrets
 INSERT INTO public.schema_migrations VALUES ('20261128000001');
 INSERT INTO public.schema_migrations VALUES ('20261201000001');
 INSERT INTO public.schema_migrations VALUES ('20261201000003');
+INSERT INTO public.schema_migrations VALUES ('20261201000004');

@@ -15,6 +15,7 @@ type banner struct {
 	secret   string
 	keyNote  string
 	database string
+	signIn   string // a one-time console sign-in token
 }
 
 // printBanner writes the addresses, the credentials and curl commands that
@@ -36,6 +37,7 @@ func printBanner(w io.Writer, b banner) {
 	line("asyncdev is ready.")
 	line("")
 	line("  API               %s", api)
+	line("  console           %s/console/signin?token=%s  (signs in once, within an hour; or paste the API key at %s/console/)", api, b.signIn, api)
 	line("  processor         http://localhost:%d/readyz  /healthz  /metrics", b.ports[1])
 	line("  webhook receiver  %s/webhook  (received: %s/webhooks)", hook, hook)
 	line("  example model     http://localhost:%d/predict  /run_remote", b.ports[3])

@@ -23,6 +23,7 @@ import (
 	"github.com/sethvargo/go-envconfig"
 
 	"github.com/openasync/asyncrequest/db"
+	"github.com/openasync/asyncrequest/functions/console"
 	"github.com/openasync/asyncrequest/functions/deliverwebhook"
 	"github.com/openasync/asyncrequest/functions/manage"
 	"github.com/openasync/asyncrequest/functions/processtick"
@@ -34,6 +35,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	service "github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/probe"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
@@ -58,6 +60,10 @@ type Config struct {
 	// ModelConcurrency is the example deployments' max_concurrency.
 	ModelConcurrency int `env:"LOCALDEV_MODEL_CONCURRENCY, default=8"`
 }
+
+// ConsoleLinkTTL is how long the console link that dev prints signs in
+// (once).
+const ConsoleLinkTTL = time.Hour
 
 // ShutdownTimeoutDefault bounds closing an HTTP server's open connections
 // on stop.
@@ -221,12 +227,17 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 	if err := probe.Ready(ctx, p.DB); err != nil {
 		log.Error("not ready", "error", err)
 	}
+	signIn, err := p.DB.ConsoleLoginTokenCreate(ctx, seeded.APIKey, ConsoleLinkTTL)
+	if err != nil {
+		return err
+	}
 	printBanner(h.out, banner{
 		ports:    [4]int{port(ls[0]), port(ls[1]), port(ls[2]), port(ls[3])},
 		apiKey:   seeded.APIKey,
 		secret:   seeded.WebhookSecret,
 		keyNote:  note(h.local.APIKey == "", "generated; set LOCALDEV_API_KEY to keep one", "LOCALDEV_API_KEY"),
 		database: redact(url) + "  (" + dbNote + ")",
+		signIn:   signIn,
 	})
 
 	err = run.wait(ctx)
@@ -315,14 +326,15 @@ func (h *harness) start(ctx context.Context, service string) (*bootstrap.Process
 }
 
 // api is the API as the functions serve it: submit, status and the
-// management API, mounted on one port and sharing one API key cache.
+// management API, mounted on one port and sharing one API key cache, with
+// the console under /console/.
 func (h *harness) api(p *bootstrap.Process) http.Handler {
 	cache := httpapi.NewAuthCache()
-	return httpapi.Mux(
+	return console.Mount(httpapi.Mux(
 		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache}),
 		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache,
 			Handlers: manage.Handlers(manage.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, AuthCache: cache})}),
-	)
+	), console.New(console.Options{Service: &service.Service{DB: p.DB, Logger: p.Logger, KeyRevoked: cache.Evict}, Logger: p.Logger}))
 }
 
 // workers runs the process-tick and deliver-webhook loops until ctx is

@@ -386,8 +386,9 @@ var (
 // the queue (SPEC §4) and wakes processors. It returns the request as it now
 // is, or ErrNotFound, or one of ErrRetryState, ErrRetryInputGone and
 // ErrRetryWebhookPending wrapped with the request's state. The guard and
-// the change are one UPDATE (processors are woken after it), so concurrent retries and a processor
-// finishing the request resolve to one outcome under the row lock.
+// the change are one UPDATE (processors are woken after it commits), so
+// concurrent retries and a processor finishing the request resolve to one
+// outcome under the row lock.
 func (db *DB) RequestRetry(ctx context.Context, organizationID int64, id requestid.ID) (Request, error) {
 	r, err := scanRequest(db.Pool.QueryRow(ctx, `
 		UPDATE async_requests SET `+retrySet+`
@@ -395,8 +396,6 @@ func (db *DB) RequestRetry(ctx context.Context, organizationID int64, id request
 		RETURNING `+requestColumns, id, organizationID))
 	if err == nil {
 		db.wakeProcessors(ctx)
-	}
-	if err == nil {
 		return r, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
