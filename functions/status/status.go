@@ -291,7 +291,10 @@ func (s *server) queueStatus(w http.ResponseWriter, r *http.Request) {
 		Deployment string `json:"deployment_id"`
 		Queued     int64  `json:"num_queued_requests"`
 		InProgress int64  `json:"num_in_progress_requests"`
-	}{Deployment: dep.ID, Queued: c.Queued, InProgress: c.InProgress}
+		// Paused (beyond) is present, true, while the deployment is
+		// paused, so the original API's four fields read as they always do.
+		Paused bool `json:"paused,omitempty"`
+	}{Deployment: dep.ID, Queued: c.Queued, InProgress: c.InProgress, Paused: c.Paused}
 	b.ModelID, b.ChainID = modelOrChain(t.ID, t.IsChain())
 	httpapi.Encode(w, http.StatusOK, b)
 }

@@ -625,3 +625,17 @@ func (db *DB) ModelUpdateName(ctx context.Context, organizationID int64, id, nam
 	}
 	return nil
 }
+
+// DeploymentPausedList returns the ids of every paused deployment, for the
+// metrics.
+func (db *DB) DeploymentPausedList(ctx context.Context) ([]string, error) {
+	rows, err := db.Pool.Query(ctx, `SELECT id FROM deployments WHERE paused ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list paused deployments: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list paused deployments: %w", err)
+	}
+	return ids, nil
+}
