@@ -29,7 +29,7 @@ run-local-webhook:
 	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
 	exec bin/asyncdev webhook
 
-## test: every test, with the race detector, against TEST_DATABASE_URL (or a container)
+## test: every test, with the race detector, against TEST_DATABASE_URL (else a throwaway container or initdb cluster)
 test:
 	$(GO) test -race -count=1 -timeout 20m ./...
 

@@ -9,6 +9,7 @@ package db
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -19,6 +20,8 @@ import (
 
 	"github.com/amacneil/dbmate/v2/pkg/dbmate"
 	_ "github.com/amacneil/dbmate/v2/pkg/driver/postgres" // registers the postgres driver with dbmate
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Migrations holds db/migrations/*.sql.
@@ -43,23 +46,76 @@ func newDBMate(databaseURL string, log io.Writer) (*dbmate.DB, error) {
 }
 
 // Migrate applies every pending migration. When create is true the database
-// is created first if it does not exist (the dev harness does this; the
-// operator command does not).
+// is created first if it does not exist (EnsureDatabase): the dev harness
+// and the operator command (asyncctl migrate) do this; tests migrate a
+// template database that exists already.
 func Migrate(ctx context.Context, databaseURL string, create bool, log io.Writer) error {
 	m, err := newDBMate(databaseURL, log)
 	if err != nil {
 		return err
 	}
 	if create {
-		if err := m.CreateAndMigrate(); err != nil {
-			return fmt.Errorf("create and migrate: %w", err)
+		if err := EnsureDatabase(ctx, databaseURL); err != nil {
+			return err
 		}
-		return nil
 	}
 	if err := m.Migrate(); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	return nil
+}
+
+// MaintenanceDatabases are the databases EnsureDatabase connects to, in
+// order, to create a missing one: every Postgres server has them.
+var MaintenanceDatabases = []string{"postgres", "template1"}
+
+// EnsureDatabase creates the database databaseURL names when the server
+// says it does not exist, from one of MaintenanceDatabases with the same
+// role, host and options. A database that exists is left alone without
+// touching any other, so a role that may connect only to its own database
+// can still migrate it; two processes creating the same database at once
+// both succeed.
+func EnsureDatabase(ctx context.Context, databaseURL string) error {
+	conf, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return fmt.Errorf("parse database url: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, conf)
+	if err == nil {
+		return conn.Close(ctx)
+	}
+	if !isPgCode(err, codeInvalidCatalogName) {
+		return fmt.Errorf("connect to database %q: %w", conf.Database, err)
+	}
+	name := conf.Database
+	var errs []error
+	for _, maintenance := range MaintenanceDatabases {
+		c := conf.Copy()
+		c.Database = maintenance
+		conn, err := pgx.ConnectConfig(ctx, c)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_, err = conn.Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize())
+		_ = conn.Close(ctx)
+		if err != nil && !isPgCode(err, codeDuplicateDatabase) {
+			return fmt.Errorf("create database %q: %w", name, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("create database %q: no maintenance database to connect to: %w", name, errors.Join(errs...))
+}
+
+// Postgres error codes: the database does not exist; it exists already.
+const (
+	codeInvalidCatalogName = "3D000"
+	codeDuplicateDatabase  = "42P04"
+)
+
+func isPgCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
 }
 
 // LatestVersion is the version of the newest embedded migration: the version

@@ -13,6 +13,7 @@ import (
 	"github.com/openasync/asyncrequest/functions/submit"
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 )
@@ -88,14 +89,6 @@ func FuzzAPI(f *testing.F) {
 		if rec.Code < 300 {
 			return
 		}
-		var e struct {
-			Error struct {
-				Code    string `json:"code"`
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Code == "" || e.Error.Message == "" {
-			t.Fatalf("%s %q Host %q: %d with body %q, not the API's error", m, path, host, rec.Code, rec.Body)
-		}
+		apitest.DecodeError(t, rec.Code, rec.Header(), rec.Body.Bytes())
 	})
 }

@@ -2,7 +2,6 @@ package functions_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/lambdahttp"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
@@ -67,10 +67,11 @@ func TestResultThroughLambda(t *testing.T) {
 				}
 				return
 			}
-			var e struct {
-				Error struct{ Code, Message string } `json:"error"`
+			header := http.Header{}
+			for k, v := range resp.Headers {
+				header.Set(k, v)
 			}
-			if err := json.Unmarshal([]byte(resp.Body), &e); err != nil || e.Error.Code != "RESPONSE_TOO_LARGE" || !strings.Contains(e.Error.Message, "webhook") {
+			if e := apitest.DecodeError(t, resp.StatusCode, header, []byte(resp.Body)); e.Code != "RESPONSE_TOO_LARGE" || !strings.Contains(e.Error, "webhook") {
 				t.Errorf("body %s", resp.Body)
 			}
 		})

@@ -326,27 +326,19 @@ func (fx *rieFixture) webhooks() []receivedWebhook {
 	return append([]receivedWebhook(nil), fx.received...)
 }
 
-// findRIE returns the path of aws-lambda-rie, from PATH or GOPATH/bin. When
-// it is missing the test is skipped, unless REQUIRE_LAMBDA_RIE=1 (as in CI).
+// findRIE returns the path of aws-lambda-rie, the emulator pinned in
+// go.mod's tool block, built (and cached) by `go tool -n`. A failure to
+// build it fails the test: the emulator tests never skip.
 func findRIE(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("aws-lambda-rie"); err == nil {
-		return p
+	cmd := exec.Command("go", "tool", "-n", "aws-lambda-rie")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("aws-lambda-rie: go tool -n aws-lambda-rie: %v\n%s", err, stderr.Bytes())
 	}
-	if out, err := exec.Command("go", "env", "GOPATH").Output(); err == nil {
-		for _, dir := range filepath.SplitList(strings.TrimSpace(string(out))) {
-			p := filepath.Join(dir, "bin", "aws-lambda-rie")
-			if _, err := os.Stat(p); err == nil {
-				return p
-			}
-		}
-	}
-	msg := "aws-lambda-rie not found: go install github.com/aws/aws-lambda-runtime-interface-emulator/cmd/aws-lambda-rie@v0.0.0-20261030222936-bef5c4ba774d"
-	if os.Getenv("REQUIRE_LAMBDA_RIE") == "1" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
+	return strings.TrimSpace(string(out))
 }
 
 // startFunction builds functions/<name>/lambda the way the Makefile does,

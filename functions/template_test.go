@@ -12,36 +12,16 @@ import (
 	"testing"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/openasync/asyncrequest/shared/httpapi"
 )
 
-// specRoutes lists the routes of SPEC §3 by the function that serves them,
-// without the /models/{model_id} and /chains/{chain_id} prefixes.
-var specRoutes = map[string][]string{
-	"SubmitFunction": {
-		"POST /production/async_predict",
-		"POST /development/async_predict",
-		"POST /environments/{env}/async_predict",
-		"POST /deployment/{deployment_id}/async_predict",
-		"POST /production/async_run_remote",
-		"POST /development/async_run_remote",
-		"POST /environments/{env}/async_run_remote",
-		"POST /deployment/{deployment_id}/async_run_remote",
-	},
-	"StatusFunction": {
-		"GET /async_request/{request_id}",
-		"DELETE /async_request/{request_id}",
-		"GET /async_request/{request_id}/result",
-		"POST /async_request/{request_id}/webhook",
-		"GET /production/async_queue_status",
-		"GET /development/async_queue_status",
-		"GET /environments/{env}/async_queue_status",
-		"GET /deployment/{deployment_id}/async_queue_status",
-	},
+// templateFunction is the template.yaml resource of each function of the
+// route table.
+var templateFunction = map[httpapi.Function]string{
+	httpapi.FunctionSubmit: "SubmitFunction",
+	httpapi.FunctionStatus: "StatusFunction",
 }
-
-// routePrefixes are the ways a route names its model (SPEC §2): the Host
-// header, or a path prefix where the Host can't be set.
-var routePrefixes = []string{"", "/models/{model_id}", "/chains/{chain_id}"}
 
 var functionNames = []string{"SubmitFunction", "StatusFunction", "ProcessTickFunction", "DeliverWebhookFunction"}
 
@@ -224,17 +204,23 @@ func TestTemplateRoutes(t *testing.T) {
 		}
 	}
 
+	// Every path of every route of the table (each form: Host, path
+	// prefix, regional) on its function.
 	want := map[string]string{}
-	for name, routes := range specRoutes {
-		for _, prefix := range routePrefixes {
-			for _, r := range routes {
-				method, path, _ := strings.Cut(r, " ")
-				want[method+" "+prefix+path] = name
-			}
+	for _, route := range httpapi.Routes {
+		name, ok := templateFunction[route.Function]
+		if !ok {
+			t.Fatalf("route %s: function %q has no template.yaml resource", route, route.Function)
+		}
+		for _, p := range route.Paths() {
+			want[route.Method+" "+p] = name
 		}
 	}
+	if len(want) == 0 {
+		t.Fatal("empty route table")
+	}
 
-	for name := range specRoutes {
+	for _, name := range templateFunction {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 
@@ -256,7 +242,7 @@ func TestTemplateRoutes(t *testing.T) {
 
 		for route, name := range owner {
 			if _, ok := want[route]; !ok {
-				t.Errorf("%s has route %s, which SPEC §3 does not list", name, route)
+				t.Errorf("%s has route %s, which httpapi.Routes does not list", name, route)
 			}
 		}
 	})

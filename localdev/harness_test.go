@@ -21,9 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
-	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/localdev"
 	"github.com/openasync/asyncrequest/localdev/examplemodel"
 	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
@@ -450,51 +447,6 @@ func TestCommands(t *testing.T) {
 				t.Errorf("stderr is not one line: %q", stderr.String())
 			}
 		})
-	}
-}
-
-// TestStartInitdb starts a throwaway server with the local binaries, as
-// dev does when Docker is not running, migrates it and removes it.
-func TestStartInitdb(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	pg, err := localdev.StartInitdb(ctx, slog.New(slog.DiscardHandler))
-	if errors.Is(err, localdev.ErrNoPostgres) {
-		t.Skip(err)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	stopped := false
-	t.Cleanup(func() {
-		if !stopped {
-			_ = pg.Stop()
-		}
-	})
-	if err := db.Migrate(ctx, pg.URL, true, nil); err != nil {
-		t.Fatalf("migrate the throwaway database: %v", err)
-	}
-	conn, err := pgx.Connect(ctx, pg.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var tables int
-	err = conn.QueryRow(ctx, `SELECT count(*) FROM information_schema.tables WHERE table_name IN ('async_requests', 'organizations')`).Scan(&tables)
-	conn.Close(ctx)
-	if err != nil || tables != 2 {
-		t.Fatalf("migrated tables: %d, %v", tables, err)
-	}
-
-	stopped = true
-	if err := pg.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := os.Stat(pg.Dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("after Stop, %s: %v; want it removed", pg.Dir, err)
-	}
-	if conn, err := pgx.Connect(ctx, pg.URL); err == nil {
-		conn.Close(ctx)
-		t.Error("the server still answers after Stop")
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
@@ -32,6 +33,7 @@ import (
 	"github.com/openasync/asyncrequest/localdev/receiver"
 	"github.com/openasync/asyncrequest/shared/bootstrap"
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	service "github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/probe"
@@ -176,7 +178,7 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 			}
 			log.Info("throwaway postgres removed")
 		}()
-		h.cfg.Database.URL = pg.URL
+		h.cfg.Database.URL = pg.DatabaseURL(ThrowawayDatabase)
 		dbNote = "throwaway (" + pg.Kind + "), removed on exit"
 	}
 	url, err := h.cfg.Database.ConnString()
@@ -187,6 +189,10 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 		return fmt.Errorf("migrate %s: %w", redact(url), err)
 	}
 
+	if h.cfg.UpstreamCredentialKeys == "" {
+		h.cfg.UpstreamCredentialKeys = credential.NewKey()
+		log.Info("UPSTREAM_CREDENTIAL_KEYS is unset: upstream credentials are encrypted under a key made for this run")
+	}
 	p, err := bootstrap.Start(ctx, "asyncdev", h.cfg)
 	if err != nil {
 		return err
@@ -333,24 +339,29 @@ func (h *harness) api(p *bootstrap.Process) http.Handler {
 }
 
 // workers runs the process-tick and deliver-webhook loops until ctx is
-// canceled; the channel closes once both have stopped gracefully.
+// canceled; the channel closes once both have stopped gracefully. On a stop
+// the deliverer goes on delivering until the processor has recorded its last
+// outcomes, so webhooks of requests finishing in its grace go out too.
 func (h *harness) workers(ctx context.Context, p *bootstrap.Process) <-chan struct{} {
 	proc := processtick.New(processtick.Options{DB: p.DB, Config: h.cfg.Processor, Logger: p.Logger, Metrics: p.Metrics})
+	procDone := make(chan struct{})
 	deliverer := deliverwebhook.New(deliverwebhook.Options{DB: p.DB, Config: h.cfg.Webhook, Logger: p.Logger,
-		Metrics: p.Metrics, ShutdownGrace: h.cfg.Processor.ShutdownGrace})
+		Metrics: p.Metrics, ShutdownGrace: h.cfg.Processor.ShutdownGrace, Upstream: procDone})
+	var loops sync.WaitGroup
+	loops.Go(func() {
+		defer close(procDone)
+		if err := proc.Run(ctx); err != nil {
+			p.Logger.Error("process-tick stopped", "error", err)
+		}
+	})
+	loops.Go(func() {
+		if err := deliverer.Run(ctx); err != nil {
+			p.Logger.Error("deliver-webhook stopped", "error", err)
+		}
+	})
 	done := make(chan struct{})
-	stopped := make(chan struct{}, 2)
-	for name, run := range map[string]func(context.Context) error{"process-tick": proc.Run, "deliver-webhook": deliverer.Run} {
-		go func() {
-			defer func() { stopped <- struct{}{} }()
-			if err := run(ctx); err != nil {
-				p.Logger.Error(name+" stopped", "error", err)
-			}
-		}()
-	}
 	go func() {
-		<-stopped
-		<-stopped
+		loops.Wait()
 		close(done)
 	}()
 	return done

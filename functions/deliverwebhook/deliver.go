@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -24,13 +23,6 @@ import (
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
 
-// EventType is the payload's "type".
-const EventType = "async_request_completed"
-
-// TimeFormat is the layout of the payload's "time": RFC 3339 in UTC with
-// microseconds, as everywhere in the API.
-const TimeFormat = "2006-01-02T15:04:05.000000Z"
-
 // maxResponseBytes is how much of a receiver's answer is read: enough to
 // reuse the connection after a normal answer, little enough that a receiver
 // cannot make us read without end.
@@ -40,56 +32,33 @@ const maxResponseBytes = 64 << 10
 // outbox row's last_error.
 const maxReasonBody = 200
 
-// Payload is the body of a webhook (SPEC §6). Models carry model_id,
-// chains chain_id.
-type Payload struct {
-	RequestID    string                  `json:"request_id"`
-	ModelID      string                  `json:"model_id,omitempty"`
-	ChainID      string                  `json:"chain_id,omitempty"`
-	DeploymentID string                  `json:"deployment_id"`
-	Type         string                  `json:"type"`
-	Time         string                  `json:"time"`
-	Data         json.RawMessage         `json:"data"`
-	Errors       []postgres.AttemptError `json:"errors"`
-}
-
-// EncodePayload returns the exact bytes of a delivery's webhook body. It
-// depends only on the stored request, never on the time of sending ("time"
-// is when the request finished), so every retry and redelivery of a request
-// sends the same body. The output is embedded as stored (null when none; an
-// output that is not JSON, which the processor never stores, as a string),
-// and nothing is HTML-escaped.
-func EncodePayload(del postgres.WebhookDelivery) ([]byte, error) {
-	p := Payload{
+// EncodePayload returns the exact bytes of del's webhook body for an
+// attempt sent at sent. Only "time" depends on the attempt: the request id,
+// model, "status", "data" and "errors" are the same on every retry and
+// redelivery. "status" is the request's final state; a WEBHOOK_FAILED
+// request being redelivered reports SUCCEEDED, the state its model reached.
+func EncodePayload(del postgres.WebhookDelivery, sent time.Time) ([]byte, error) {
+	p := webhook.Payload{
 		RequestID:    del.RequestID.String(),
 		DeploymentID: del.DeploymentID,
-		Type:         EventType,
-		Time:         del.FinishedAt.UTC().Format(TimeFormat),
+		Type:         webhook.EventType,
+		Time:         webhook.SentAt(sent),
+		Status:       string(del.State),
 		Data:         del.Output,
-		Errors:       del.Errors,
+		Errors:       make([]webhook.Error, len(del.Errors)),
+	}
+	if del.State == postgres.StateWebhookFailed {
+		p.Status = string(postgres.StateSucceeded)
 	}
 	if del.IsChain {
 		p.ChainID = del.ModelID
 	} else {
 		p.ModelID = del.ModelID
 	}
-	if p.Errors == nil {
-		p.Errors = []postgres.AttemptError{}
+	for i, e := range del.Errors {
+		p.Errors[i] = webhook.Error{Code: e.Code, Message: e.Message}
 	}
-	if len(p.Data) > 0 && !json.Valid(p.Data) {
-		s, err := json.Marshal(string(p.Data))
-		if err != nil {
-			return nil, fmt.Errorf("encode webhook payload: %w", err)
-		}
-		p.Data = s
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(p); err != nil {
-		return nil, fmt.Errorf("encode webhook payload: %w", err)
-	}
-	return bytes.TrimSuffix(buf.Bytes(), []byte("\n")), nil
+	return p.Encode()
 }
 
 // attempt is what one delivery attempt came to.
@@ -99,6 +68,8 @@ type attempt struct {
 	status int
 	// sent is true when the request went out (or was tried).
 	sent bool
+	// sentAt is when the attempt was made: the payload's "time".
+	sentAt time.Time
 	// duration is how long the HTTP exchange took.
 	duration time.Duration
 	// canceled is true when the attempt was cut short because the
@@ -106,9 +77,11 @@ type attempt struct {
 	canceled bool
 }
 
-// deliver makes one attempt at del and records its outcome. ctx ending
-// (the deliverer stopping) hands the delivery back.
-func (d *Deliverer) deliver(ctx context.Context, del postgres.WebhookDelivery, c *counters) {
+// deliver makes one attempt at del and hands its outcome to the session's
+// completer, which records it with others in one statement. ctx ending (the
+// deliverer stopping) hands the delivery back instead.
+func (s *session) deliver(ctx context.Context, del postgres.WebhookDelivery) {
+	d, c := s.d, &s.c
 	log := d.log.With("request_id", del.RequestID.String(), "model_id", del.ModelID,
 		"deployment_id", del.DeploymentID, "delivery_id", del.ID, "attempt", del.Attempt)
 	ctx = trace.ContextWithRemoteSpanContext(ctx, requestSpanContext(del.RequestID))
@@ -133,10 +106,11 @@ func (d *Deliverer) deliver(ctx context.Context, del postgres.WebhookDelivery, c
 		span.SetStatus(codes.Error, a.reason)
 	}
 
-	recCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
-	defer cancel()
 	if a.canceled {
+		recCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordTimeout)
+		defer cancel()
 		n, err := d.db.WebhookDeliveryRelease(recCtx, d.id, []int64{del.ID})
+		s.done(1)
 		if err != nil {
 			log.Error("hand back webhook delivery", "error", err)
 			return
@@ -163,38 +137,29 @@ func (d *Deliverer) deliver(ctx context.Context, del postgres.WebhookDelivery, c
 		}
 	}
 
-	var owned bool
-	var err error
+	out := postgres.WebhookOutcome{ID: del.ID, SentAt: a.sentAt, Duration: a.duration, HTTPStatus: a.status}
 	switch a.verdict {
 	case verdictSuccess:
-		owned, err = d.db.WebhookDeliverySucceed(recCtx, del.ID, d.id)
+		out.Outcome = postgres.OutcomeSucceeded
 		c.succeeded.Add(1)
 		log.Info("webhook delivered", "status", a.status)
 	case verdictRetry:
-		owned, err = d.db.WebhookDeliveryRetry(recCtx, postgres.WebhookDeliveryRetryParams{
-			ID: del.ID, Owner: d.id, Delay: delay, LastError: a.reason,
-		})
+		out.Outcome, out.Delay, out.Error = postgres.OutcomeRetry, delay, a.reason
 		c.retried.Add(1)
 		log.Warn("webhook not delivered; will retry", "reason", a.reason, "retry_in", delay.Round(time.Millisecond).String())
 	default:
-		owned, err = d.db.WebhookDeliveryFail(recCtx, del.ID, d.id, a.reason)
+		out.Outcome, out.Error = postgres.OutcomeFailed, a.reason
 		c.failed.Add(1)
 		log.Warn("webhook delivery failed", "reason", a.reason)
 	}
-	switch {
-	case err != nil:
-		c.lost.Add(1)
-		log.Error("record webhook outcome; the webhook will be sent again when its lease runs out", "error", err)
-	case !owned:
-		c.lost.Add(1)
-		log.Warn("webhook outcome not recorded: the lease passed to another deliverer")
-	}
+	s.record(outcome{WebhookOutcome: out, log: log})
 }
 
 // send signs and sends del's webhook once and judges the answer.
 func (d *Deliverer) send(ctx context.Context, del postgres.WebhookDelivery) attempt {
+	now := d.now()
 	fail := func(reason string) attempt {
-		return attempt{classification: classification{verdict: verdictFail, reason: reason}}
+		return attempt{classification: classification{verdict: verdictFail, reason: reason}, sentAt: now}
 	}
 	if del.WebhookEndpoint == "" {
 		return fail("request has no webhook_endpoint")
@@ -208,7 +173,7 @@ func (d *Deliverer) send(ctx context.Context, del postgres.WebhookDelivery) atte
 		return fail("webhook_endpoint scheme " + u.Scheme + " is not allowed")
 	}
 
-	body, err := EncodePayload(del)
+	body, err := EncodePayload(del, now)
 	if err != nil {
 		return fail(err.Error())
 	}
@@ -217,13 +182,13 @@ func (d *Deliverer) send(ctx context.Context, del postgres.WebhookDelivery) atte
 		if ctx.Err() != nil {
 			return attempt{canceled: true}
 		}
-		return attempt{classification: classification{verdict: verdictRetry, reason: "load webhook secrets: " + err.Error()}}
+		return attempt{classification: classification{verdict: verdictRetry, reason: "load webhook secrets: " + err.Error()}, sentAt: now}
 	}
 	if len(secrets) == 0 {
 		return fail(errNoSecret.Error())
 	}
 	id := del.RequestID.String()
-	headers, err := webhook.Signer{Secrets: secrets, Compat: d.cfg.CompatHeaders}.Headers(id, id, d.now(), body)
+	headers, err := webhook.Signer{Secrets: secrets, Compat: d.cfg.CompatHeaders}.Headers(id, id, now, body)
 	if err != nil {
 		return fail("sign webhook: " + err.Error())
 	}
@@ -245,7 +210,7 @@ func (d *Deliverer) send(ctx context.Context, del postgres.WebhookDelivery) atte
 		answer, _ = io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 		_ = resp.Body.Close()
 	}
-	a := attempt{sent: true, duration: time.Since(start)}
+	a := attempt{sent: true, sentAt: now, duration: time.Since(start)}
 	if err != nil {
 		if ctx.Err() != nil {
 			return attempt{canceled: true}

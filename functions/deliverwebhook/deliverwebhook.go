@@ -11,9 +11,12 @@
 // same webhook-id and body: delivery is at least once, and receivers
 // deduplicate on webhook-id.
 //
-// Deliverers wake on NOTIFY (postgres.WebhookWakeChannel), with a poll as a
-// safety net. Tick serves a scheduled function for a bounded time; Run loops
-// in a long-running process until its context ends.
+// The outcomes of many deliveries are written in one statement, each with
+// its row of delivery history. Deliverers wake on NOTIFY
+// (postgres.WebhookWakeChannel) and sleep until the earliest pending
+// delivery comes due, with a poll as a safety net. Tick serves a scheduled
+// function for a bounded time; Run loops in a long-running process until its
+// context ends.
 package deliverwebhook
 
 import (
@@ -61,6 +64,16 @@ const (
 	// recordTimeout bounds recording an outcome, which runs even while the
 	// deliverer is stopping.
 	recordTimeout = 10 * time.Second
+	// reclaimInterval is how often the claim loop makes the deliveries of
+	// dead deliverers due again.
+	reclaimInterval = 5 * time.Second
+	// minClaimGap is the shortest sleep between claims that found less
+	// than they could take.
+	minClaimGap = time.Millisecond
+	// claimBatchMax and outcomeBatchMax cap the rows of one claim and one
+	// outcome statement.
+	claimBatchMax   = 1000
+	outcomeBatchMax = 1000
 )
 
 // UserAgent is sent with every webhook.
@@ -102,6 +115,12 @@ type Options struct {
 	Lease time.Duration
 	// ShutdownGrace defaults to ShutdownGraceDefault.
 	ShutdownGrace time.Duration
+	// Upstream, when set, is closed once the producer of this process's
+	// webhooks (the processor loop beside it) has stopped and recorded its
+	// last outcomes. On shutdown Run then goes on claiming until Upstream is
+	// closed, within ShutdownGrace, so the webhooks of requests that finish
+	// during the processor's grace are delivered, not left PENDING.
+	Upstream <-chan struct{}
 }
 
 // Deliverer sends due webhooks. It is safe for one Tick or Run at a time.
@@ -120,6 +139,14 @@ type Deliverer struct {
 	grace    time.Duration
 	secrets  secretCache
 	schedule []time.Duration
+	upstream <-chan struct{}
+	// claimBatch and outcomeBatch cap the rows of one claim and of one
+	// outcome statement; dueTimer makes the claim loop sleep until the next
+	// delivery comes due rather than until the poll.
+	claimBatch, outcomeBatch int
+	dueTimer                 bool
+	// stats counts claim and outcome statements and their rows.
+	stats struct{ claims, claimed, writes, written atomic.Int64 }
 }
 
 // New returns a Deliverer.
@@ -143,19 +170,23 @@ func New(o Options) *Deliverer {
 		tp = otel.GetTracerProvider()
 	}
 	d := &Deliverer{
-		db:       o.DB,
-		cfg:      cfg,
-		log:      cmp.Or(o.Logger, slog.Default()),
-		metrics:  o.Metrics,
-		client:   client,
-		tracer:   tp.Tracer(tracerName),
-		id:       cmp.Or(o.ID, defaultID()),
-		now:      o.Now,
-		jitter:   o.Jitter,
-		poll:     cmp.Or(o.PollInterval, PollIntervalDefault),
-		lease:    cmp.Or(o.Lease, cfg.Timeout+LeaseMarginDefault),
-		grace:    cmp.Or(o.ShutdownGrace, ShutdownGraceDefault),
-		schedule: cfg.Schedule,
+		db:           o.DB,
+		cfg:          cfg,
+		log:          cmp.Or(o.Logger, slog.Default()),
+		metrics:      o.Metrics,
+		client:       client,
+		tracer:       tp.Tracer(tracerName),
+		id:           cmp.Or(o.ID, defaultID()),
+		now:          o.Now,
+		jitter:       o.Jitter,
+		poll:         cmp.Or(o.PollInterval, PollIntervalDefault),
+		lease:        cmp.Or(o.Lease, cfg.Timeout+LeaseMarginDefault),
+		grace:        cmp.Or(o.ShutdownGrace, ShutdownGraceDefault),
+		schedule:     cfg.Schedule,
+		upstream:     o.Upstream,
+		claimBatch:   claimBatchMax,
+		outcomeBatch: outcomeBatchMax,
+		dueTimer:     true,
 	}
 	if d.now == nil {
 		d.now = time.Now
@@ -209,86 +240,156 @@ func (c *counters) result() TickResult {
 }
 
 // Tick delivers due webhooks for budget, for a function run on a schedule:
-// it claims what is due, listens for wake-ups and polls until budget has
-// passed, then lets the attempts under way finish (each is bounded by the
-// per-attempt timeout), so it returns within budget plus one attempt. If ctx
-// ends first, unfinished deliveries are handed back. It returns an error
-// when the database fails a claim, after finishing the attempts under way.
+// it claims what is due, listens for wake-ups and sleeps until the next
+// delivery comes due (or the poll) until budget has passed, then lets the
+// attempts under way finish (each is bounded by the per-attempt timeout), so
+// it returns within budget plus one attempt. If ctx ends first, unfinished
+// deliveries are handed back. It returns an error when the database fails a
+// claim, after finishing the attempts under way.
 func (d *Deliverer) Tick(ctx context.Context, budget time.Duration) (TickResult, error) {
 	claimCtx, cancel := context.WithTimeout(ctx, budget)
 	defer cancel()
-	return d.serve(claimCtx, ctx, true)
+	return d.serve(claimCtx, ctx, nil, true)
 }
 
 // Run delivers webhooks until ctx ends, for a long-running process. It then
-// claims nothing new, lets attempts under way finish for the shutdown grace,
-// and hands the rest back for another deliverer. Database errors are logged
-// and retried; Run returns nil once stopped.
+// stops claiming (with Options.Upstream, only once the upstream has stopped
+// and what is due has been claimed), lets attempts under way finish, and
+// hands the rest back for another deliverer; all of that within the
+// shutdown grace from the moment ctx ends. Database errors are logged and
+// retried; Run returns nil once stopped.
 func (d *Deliverer) Run(ctx context.Context) error {
-	workCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
+	grace, cancelGrace := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelGrace()
 	stop := context.AfterFunc(ctx, func() {
 		t := time.NewTimer(d.grace)
 		defer t.Stop()
 		select {
 		case <-t.C:
-			cancel()
-		case <-workCtx.Done():
+			cancelGrace()
+		case <-grace.Done():
 		}
 	})
 	defer stop()
-	_, err := d.serve(ctx, workCtx, false)
+	if d.upstream == nil {
+		_, err := d.serve(ctx, grace, nil, false)
+		return err
+	}
+	lastCall := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-grace.Done():
+			return
+		}
+		select {
+		case <-d.upstream:
+			close(lastCall)
+		case <-grace.Done():
+		}
+	}()
+	_, err := d.serve(grace, grace, lastCall, false)
 	return err
 }
 
-// serve claims and dispatches deliveries until claimCtx ends, then waits for
-// the deliveries under way, which run under workCtx. With stopOnError a
-// failed claim ends it; otherwise it is logged and retried at the next poll.
-func (d *Deliverer) serve(claimCtx, workCtx context.Context, stopOnError bool) (TickResult, error) {
-	var c counters
-	wake := make(chan struct{}, 1)
-	freed := make(chan struct{}, 1)
-	slots := make(chan struct{}, d.cfg.Concurrency)
-	var wg sync.WaitGroup
+// session is the state of one Tick or Run.
+type session struct {
+	d *Deliverer
+	c counters
+
+	mu       sync.Mutex
+	inflight int       // claimed, outcome not yet written or handed back
+	pending  []outcome // outcomes waiting for the completer
+
+	outcomeReady chan struct{} // 1-buffered: pending has outcomes
+	freed        chan struct{} // 1-buffered: outcomes were written, slots are free
+	wake         chan struct{} // 1-buffered: deliveries may be due
+	closing      chan struct{} // closed once no outcome can come any more
+}
+
+// outcome is an attempt's outcome on its way to the database.
+type outcome struct {
+	postgres.WebhookOutcome
+	log *slog.Logger
+}
+
+func nudge(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// serve claims and dispatches deliveries until claimCtx ends, or, once
+// lastCall is closed, until a claim finds nothing more due; it then waits
+// for the deliveries under way, which run under workCtx, and for the
+// completer to write their outcomes. With stopOnError a failed claim ends
+// it; otherwise it is logged and retried at the next poll.
+func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan struct{}, stopOnError bool) (TickResult, error) {
+	s := &session{
+		d:            d,
+		outcomeReady: make(chan struct{}, 1),
+		freed:        make(chan struct{}, 1),
+		wake:         make(chan struct{}, 1),
+		closing:      make(chan struct{}),
+	}
+	var deliveries sync.WaitGroup
 
 	listenCtx, stopListen := context.WithCancel(claimCtx)
-	var listenDone sync.WaitGroup
-	listenDone.Go(func() { d.listen(listenCtx, wake) })
+	var helpers sync.WaitGroup
+	helpers.Go(func() { d.listen(listenCtx, s.wake) })
+	completerDone := make(chan struct{})
+	go func() {
+		defer close(completerDone)
+		s.completeLoop(context.WithoutCancel(workCtx))
+	}()
 
-	poll := time.NewTimer(0)
-	defer poll.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	var serveErr error
-	full := false // the last claim took every free slot: look again when one frees
+	var lastReclaim time.Time
+	full := false  // the last claim took every free slot: look again when one frees
+	final := false // the upstream has stopped: claim what is due, then stop
 	for {
 		select {
 		case <-claimCtx.Done():
-		case <-wake:
-		case <-poll.C:
-		case <-freedIf(full, freed):
+		case <-s.wake:
+		case <-timer.C:
+		case <-freedIf(full, s.freed):
+		case <-lastCallIf(!final, lastCall):
+			final = true
 		}
 		if claimCtx.Err() != nil {
 			break
 		}
-		poll.Reset(d.poll)
 
-		if n, err := d.db.WebhookDeliveryReclaimExpired(claimCtx); err != nil {
-			if claimCtx.Err() != nil {
-				break
+		if time.Since(lastReclaim) >= reclaimInterval {
+			lastReclaim = time.Now()
+			if n, err := d.db.WebhookDeliveryReclaimExpired(claimCtx); err != nil {
+				if claimCtx.Err() != nil {
+					break
+				}
+				d.log.Warn("reclaim webhook deliveries", "error", err)
+			} else if n > 0 {
+				s.c.reclaimed.Add(int64(n))
+				d.log.Info("reclaimed webhook deliveries whose lease ran out", "count", n)
 			}
-			d.log.Warn("reclaim webhook deliveries", "error", err)
-		} else if n > 0 {
-			c.reclaimed.Add(int64(n))
-			d.log.Info("reclaimed webhook deliveries whose lease ran out", "count", n)
 		}
 
-		free := cap(slots) - len(slots)
-		full = free == 0
-		if free == 0 {
+		s.mu.Lock()
+		free := d.cfg.Concurrency - s.inflight
+		s.mu.Unlock()
+		full = free <= 0
+		if full {
+			timer.Reset(d.poll)
 			continue
 		}
+		limit := min(free, d.claimBatch)
 		batch, err := d.db.WebhookDeliveryClaimBatch(claimCtx, postgres.WebhookDeliveryClaimParams{
-			Owner: d.id, Limit: free, Lease: d.lease,
+			Owner: d.id, Limit: limit, Lease: d.lease,
 		})
+		d.stats.claims.Add(1)
+		d.stats.claimed.Add(int64(len(batch)))
 		if err != nil {
 			if claimCtx.Err() != nil {
 				break
@@ -298,28 +399,133 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, stopOnError bool) (
 				break
 			}
 			d.log.Error("claim webhook deliveries", "error", err)
+			timer.Reset(d.poll)
 			continue
 		}
-		full = len(batch) == free
-		c.claimed.Add(int64(len(batch)))
+		s.c.claimed.Add(int64(len(batch)))
+		s.mu.Lock()
+		s.inflight += len(batch)
+		s.mu.Unlock()
 		for _, del := range batch {
-			slots <- struct{}{}
-			wg.Go(func() {
-				defer func() {
-					<-slots
-					select {
-					case freed <- struct{}{}:
-					default:
-					}
-				}()
-				d.deliver(workCtx, del, &c)
-			})
+			deliveries.Go(func() { s.deliver(workCtx, del) })
 		}
+		if len(batch) == limit {
+			// More may be due: claim again at once while slots are free.
+			full = limit == free
+			if !full {
+				nudge(s.wake)
+			}
+			timer.Reset(d.poll)
+			continue
+		}
+		if final {
+			break
+		}
+		timer.Reset(d.nextClaimIn(claimCtx))
 	}
 	stopListen()
-	wg.Wait()
-	listenDone.Wait()
-	return c.result(), serveErr
+	deliveries.Wait()
+	close(s.closing)
+	<-completerDone
+	helpers.Wait()
+	return s.c.result(), serveErr
+}
+
+// nextClaimIn is how long the claim loop may sleep after a claim that left
+// slots free: until the earliest pending delivery comes due, or the poll
+// interval if that is sooner or unknown. A delivery that came due after the
+// claim looked (or that another deliverer's claim holds locked) is looked
+// for again after minClaimGap.
+func (d *Deliverer) nextClaimIn(ctx context.Context) time.Duration {
+	if !d.dueTimer {
+		return d.poll
+	}
+	in, ok, err := d.db.WebhookDeliveryNextDue(ctx)
+	if err != nil || !ok {
+		return d.poll
+	}
+	// A millisecond late rather than early: a timer that fires before the
+	// due time claims nothing and sleeps again.
+	return min(max(in.Truncate(time.Millisecond)+time.Millisecond, minClaimGap), d.poll)
+}
+
+// record queues an outcome for the completer.
+func (s *session) record(o outcome) {
+	s.mu.Lock()
+	s.pending = append(s.pending, o)
+	s.mu.Unlock()
+	nudge(s.outcomeReady)
+}
+
+// done frees n slots.
+func (s *session) done(n int) {
+	s.mu.Lock()
+	s.inflight -= n
+	s.mu.Unlock()
+	nudge(s.freed)
+}
+
+// completeLoop writes queued outcomes, as many as have gathered (up to
+// outcomeBatch) per statement, until closing is closed and nothing is left.
+// Outcomes gather while a write is under way, so batches grow with load
+// and a lone outcome is written at once.
+func (s *session) completeLoop(ctx context.Context) {
+	for {
+		closing := false
+		select {
+		case <-s.outcomeReady:
+		case <-s.closing:
+			closing = true
+		}
+		for {
+			s.mu.Lock()
+			n := min(len(s.pending), s.d.outcomeBatch)
+			batch := s.pending[:n:n]
+			s.pending = s.pending[n:]
+			s.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			s.write(ctx, batch)
+		}
+		if closing {
+			return
+		}
+	}
+}
+
+// write records one batch of outcomes in one statement.
+func (s *session) write(ctx context.Context, batch []outcome) {
+	d := s.d
+	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
+	defer cancel()
+	outs := make([]postgres.WebhookOutcome, len(batch))
+	retry := false
+	for i, o := range batch {
+		outs[i] = o.WebhookOutcome
+		retry = retry || o.Outcome == postgres.OutcomeRetry
+	}
+	ids, err := d.db.WebhookDeliveryRecordBatch(ctx, d.id, outs)
+	d.stats.writes.Add(1)
+	d.stats.written.Add(int64(len(batch)))
+	recorded := make(map[int64]bool, len(ids))
+	for _, id := range ids {
+		recorded[id] = true
+	}
+	for _, o := range batch {
+		switch {
+		case err != nil:
+			s.c.lost.Add(1)
+			o.log.Error("record webhook outcome; the webhook will be sent again when its lease runs out", "error", err)
+		case !recorded[o.ID]:
+			s.c.lost.Add(1)
+			o.log.Warn("webhook outcome not recorded: the lease passed to another deliverer")
+		}
+	}
+	s.done(len(batch))
+	if retry {
+		nudge(s.wake) // the claim loop learns the retry's due time
+	}
 }
 
 // freedIf returns freed when the deliverer is waiting for a slot, and a nil
@@ -328,6 +534,14 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, stopOnError bool) (
 func freedIf(full bool, freed chan struct{}) <-chan struct{} {
 	if full {
 		return freed
+	}
+	return nil
+}
+
+// lastCallIf returns c while on is true, and a nil channel otherwise.
+func lastCallIf(on bool, c <-chan struct{}) <-chan struct{} {
+	if on {
+		return c
 	}
 	return nil
 }

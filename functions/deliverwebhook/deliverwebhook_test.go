@@ -1,7 +1,6 @@
 package deliverwebhook_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -317,6 +316,41 @@ func (rc *receiver) got() []hit {
 
 func (rc *receiver) count() int { return len(rc.got()) }
 
+// payloadTime is a webhook body's "time".
+func payloadTime(t *testing.T, body []byte) time.Time {
+	t.Helper()
+	var p webhook.Payload
+	if err := json.Unmarshal(body, &p); err != nil {
+		t.Fatal(err)
+	}
+	at, err := time.Parse(webhook.TimeFormat, p.Time)
+	if err != nil {
+		t.Fatalf("time %q: %v", p.Time, err)
+	}
+	return at
+}
+
+// withoutTime is a webhook body with its "time" blanked, for comparing the
+// bodies of two attempts.
+func withoutTime(t *testing.T, body []byte) string {
+	t.Helper()
+	at := payloadTime(t, body).Format(webhook.TimeFormat)
+	return strings.Replace(string(body), `"time":"`+at+`"`, `"time":""`, 1)
+}
+
+// verifyAt checks that h verifies at its receipt with the receiver's
+// verifier (the signatures cover the bytes sent) and that its "time" is
+// within the 300 s that the original API's receiver sample allows.
+func verifyAt(t *testing.T, secret string, h hit) {
+	t.Helper()
+	if res, err := webhook.Verify([]string{secret}, h.header, h.body, h.at); err != nil || !res.Standard || !res.Compat {
+		t.Errorf("verify = %+v, %v; want both schemes", res, err)
+	}
+	if age := h.at.Sub(payloadTime(t, h.body)); age < 0 || age > 300*time.Second {
+		t.Errorf("time is %v old at receipt", age)
+	}
+}
+
 func status(code int) func(int, http.ResponseWriter, *http.Request) {
 	return func(_ int, w http.ResponseWriter, _ *http.Request) { w.WriteHeader(code) }
 }
@@ -346,12 +380,21 @@ func TestDeliver(t *testing.T) {
 			t.Errorf("verify = %+v, %v; want both schemes", res, err)
 		}
 		r := f.request(t, id)
+		sent := payloadTime(t, h.body)
 		want := fmt.Sprintf(`{"request_id":"%s","model_id":"m1","deployment_id":"d1","type":"async_request_completed",`+
-			`"time":"%s","data":{"output":"HI <there> & you","n":[1,2.5]},`+
+			`"time":"%s","status":"SUCCEEDED","data":{"output":"HI <there> & you","n":[1,2.5]},`+
 			`"errors":[{"code":"MODEL_UNAVAILABLE","message":"model answered 503"}]}`,
-			id, r.FinishedAt.UTC().Format("2006-01-02T15:04:05.000000Z"))
+			id, sent.Format(webhook.TimeFormat))
 		if string(h.body) != want {
 			t.Errorf("body\n got %s\nwant %s", h.body, want)
+		}
+		// "time" is the send time: not before the request finished, not
+		// after the receiver got it, and what webhook-timestamp says.
+		if sent.Before(r.FinishedAt.Truncate(time.Microsecond)) || sent.After(h.at) {
+			t.Errorf("time %v, want between the finish %v and the receipt %v", sent, r.FinishedAt, h.at)
+		}
+		if ts := h.header.Get(webhook.HeaderTimestamp); ts != fmt.Sprint(sent.Unix()) {
+			t.Errorf("webhook-timestamp %s, time %v", ts, sent)
 		}
 		for name, want := range map[string]string{
 			"Content-Type":         "application/json",
@@ -595,10 +638,14 @@ func TestDeliver(t *testing.T) {
 					t.Errorf("output_expires_at = %v, want about now + %v", r.OutputExpiresAt, f.db.OutputRetention)
 				}
 				hits := rc.got()
-				for _, h := range hits[1:] {
-					if !bytes.Equal(h.body, hits[0].body) || h.header.Get(webhook.HeaderID) != id.String() {
-						t.Error("a retry sent another body or webhook-id")
+				for i, h := range hits[1:] {
+					if withoutTime(t, h.body) != withoutTime(t, hits[0].body) || h.header.Get(webhook.HeaderID) != id.String() {
+						t.Error("a retry sent another body (but for time) or webhook-id")
 					}
+					if !payloadTime(t, h.body).After(payloadTime(t, hits[i].body)) {
+						t.Errorf("retry %d carries time %v, not after the attempt before it", i+1, payloadTime(t, h.body))
+					}
+					verifyAt(t, f.secret, h)
 				}
 			})
 		}
@@ -659,8 +706,11 @@ func TestDeliver(t *testing.T) {
 		if hits[0].header.Get(webhook.HeaderID) != id.String() || hits[1].header.Get(webhook.HeaderID) != id.String() {
 			t.Errorf("webhook-ids %q, %q; want both %s", hits[0].header.Get(webhook.HeaderID), hits[1].header.Get(webhook.HeaderID), id)
 		}
-		if !bytes.Equal(hits[0].body, hits[1].body) {
-			t.Errorf("bodies differ:\n%s\n%s", hits[0].body, hits[1].body)
+		if withoutTime(t, hits[0].body) != withoutTime(t, hits[1].body) {
+			t.Errorf("bodies differ but for time:\n%s\n%s", hits[0].body, hits[1].body)
+		}
+		if !payloadTime(t, hits[1].body).After(payloadTime(t, hits[0].body)) {
+			t.Errorf("the re-send carries time %v, not fresh", payloadTime(t, hits[1].body))
 		}
 		d := f.delivery(t, id)
 		if d.State != postgres.DeliverySucceeded || d.Attempts != 2 {
@@ -700,9 +750,13 @@ func TestDeliver(t *testing.T) {
 		if len(hits) != 2 {
 			t.Fatalf("receiver got %d webhooks, want 2", len(hits))
 		}
-		if hits[1].header.Get(webhook.HeaderID) != hits[0].header.Get(webhook.HeaderID) || !bytes.Equal(hits[0].body, hits[1].body) {
-			t.Error("the redelivery differs in webhook-id or body")
+		if hits[1].header.Get(webhook.HeaderID) != hits[0].header.Get(webhook.HeaderID) || withoutTime(t, hits[0].body) != withoutTime(t, hits[1].body) {
+			t.Error("the redelivery differs in webhook-id or body (but for time)")
 		}
+		if !payloadTime(t, hits[1].body).After(payloadTime(t, hits[0].body)) {
+			t.Errorf("the redelivery carries time %v, not fresh", payloadTime(t, hits[1].body))
+		}
+		verifyAt(t, f.secret, hits[1])
 		r := f.request(t, id)
 		if r.State != postgres.StateSucceeded || r.WebhookState != postgres.WebhookSucceeded || r.OutputExpiresAt == nil {
 			t.Errorf("request %s / webhook %s, output_expires_at %v; want SUCCEEDED / SUCCEEDED, set", r.State, r.WebhookState, r.OutputExpiresAt)

@@ -13,6 +13,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
 	"github.com/openasync/asyncrequest/shared/safehttp"
+	"github.com/openasync/asyncrequest/shared/webhook"
 )
 
 func TestNextDelay(t *testing.T) {
@@ -125,14 +126,15 @@ func TestEncodePayload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	finished := time.Date(2026, 11, 28, 14, 0, 1, 234567000, time.FixedZone("CET", 3600))
+	sent := time.Date(2026, 11, 28, 14, 0, 1, 234567000, time.FixedZone("CET", 3600))
 	base := postgres.WebhookDelivery{
 		ID: 1, Attempt: 1, RequestID: id, ModelID: "abc123", DeploymentID: "def456",
-		State: postgres.StateSucceeded, FinishedAt: finished,
+		State: postgres.StateSucceeded,
 	}
 	tests := []struct {
 		name   string
 		modify func(*postgres.WebhookDelivery)
+		sent   time.Time // default sent
 		want   string
 	}{
 		{
@@ -141,7 +143,7 @@ func TestEncodePayload(t *testing.T) {
 				d.Output = []byte(`{"output":"<HI & BYE>","n":[1,2]}`)
 			},
 			want: `{"request_id":"0190f5b0c2a87d3e9b1f4c6a2d8e0f11","model_id":"abc123","deployment_id":"def456",` +
-				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z",` +
+				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z","status":"SUCCEEDED",` +
 				`"data":{"output":"<HI & BYE>","n":[1,2]},"errors":[]}`,
 		},
 		{
@@ -151,20 +153,35 @@ func TestEncodePayload(t *testing.T) {
 				d.Errors = []postgres.AttemptError{{Code: "MODEL_INVALID_INPUT", Message: "400"}}
 			},
 			want: `{"request_id":"0190f5b0c2a87d3e9b1f4c6a2d8e0f11","chain_id":"abc123","deployment_id":"def456",` +
-				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z",` +
+				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z","status":"FAILED",` +
 				`"data":null,"errors":[{"code":"MODEL_INVALID_INPUT","message":"400"}]}`,
+		},
+		{
+			name:   "Expired",
+			modify: func(d *postgres.WebhookDelivery) { d.State = postgres.StateExpired },
+			want: `{"request_id":"0190f5b0c2a87d3e9b1f4c6a2d8e0f11","model_id":"abc123","deployment_id":"def456",` +
+				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z","status":"EXPIRED","data":null,"errors":[]}`,
+		},
+		{
+			// A WEBHOOK_FAILED request's redelivery reports the state its
+			// model reached.
+			name:   "RedeliveryOfWebhookFailed",
+			modify: func(d *postgres.WebhookDelivery) { d.State, d.Output = postgres.StateWebhookFailed, []byte(`1`) },
+			want: `{"request_id":"0190f5b0c2a87d3e9b1f4c6a2d8e0f11","model_id":"abc123","deployment_id":"def456",` +
+				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z","status":"SUCCEEDED","data":1,"errors":[]}`,
 		},
 		{
 			name:   "OutputNotJSON",
 			modify: func(d *postgres.WebhookDelivery) { d.Output = []byte("plain text") },
 			want: `{"request_id":"0190f5b0c2a87d3e9b1f4c6a2d8e0f11","model_id":"abc123","deployment_id":"def456",` +
-				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z","data":"plain text","errors":[]}`,
+				`"type":"async_request_completed","time":"2026-11-28T13:00:01.234567Z","status":"SUCCEEDED","data":"plain text","errors":[]}`,
 		},
 		{
 			name:   "WholeSecond",
-			modify: func(d *postgres.WebhookDelivery) { d.FinishedAt = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC) },
+			modify: func(*postgres.WebhookDelivery) {},
+			sent:   time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
 			want: `{"request_id":"0190f5b0c2a87d3e9b1f4c6a2d8e0f11","model_id":"abc123","deployment_id":"def456",` +
-				`"type":"async_request_completed","time":"2026-01-02T03:04:05.000000Z","data":null,"errors":[]}`,
+				`"type":"async_request_completed","time":"2026-01-02T03:04:05.000000Z","status":"SUCCEEDED","data":null,"errors":[]}`,
 		},
 	}
 	for _, tt := range tests {
@@ -172,18 +189,26 @@ func TestEncodePayload(t *testing.T) {
 			t.Parallel()
 			d := base
 			tt.modify(&d)
-			got, err := EncodePayload(d)
+			at := sent
+			if !tt.sent.IsZero() {
+				at = tt.sent
+			}
+			got, err := EncodePayload(d, at)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if string(got) != tt.want {
 				t.Errorf("payload\n got %s\nwant %s", got, tt.want)
 			}
-			// Another attempt, later, by another deliverer: the same bytes.
+			// Another attempt, later, by another deliverer: the same bytes
+			// but for "time", which is the new send time.
 			d.Attempt, d.ID = 4, 2
-			again, _ := EncodePayload(d)
-			if string(again) != string(got) {
-				t.Errorf("payload changed between attempts:\n%s\n%s", got, again)
+			later := at.Add(10 * time.Minute)
+			again, _ := EncodePayload(d, later)
+			want := strings.Replace(tt.want, `"time":"`+at.UTC().Format(webhook.TimeFormat)+`"`,
+				`"time":"`+later.UTC().Format(webhook.TimeFormat)+`"`, 1)
+			if string(again) != want {
+				t.Errorf("a later attempt's payload\n got %s\nwant %s", again, want)
 			}
 		})
 	}

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"strings"
 	"syscall"
-	"time"
 	"unicode/utf8"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -21,7 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
-	"github.com/openasync/asyncrequest/shared/retryafter"
+	"github.com/openasync/asyncrequest/shared/retry"
 )
 
 // Causes of an attempt's context ending.
@@ -34,22 +33,23 @@ var (
 	errLeaseLost = errors.New("lease lost")
 )
 
-// resultKind is how an attempt ended, in the terms of SPEC §4's table.
-type resultKind int
+// resultKind is how an attempt ended, in the terms of SPEC §4's table; the
+// retry policy's kinds.
+type resultKind = retry.Kind
 
 const (
 	// resultSuccess: a 2xx answer.
-	resultSuccess resultKind = iota
+	resultSuccess = retry.Success
 	// resultNotReady: back-pressure (429, connection refused, DNS failure);
 	// not an attempt.
-	resultNotReady
+	resultNotReady = retry.NotReady
 	// resultRetryable: a failed attempt that is retried while attempts last.
-	resultRetryable
+	resultRetryable = retry.Retryable
 	// resultFailed: a failure that ends the request at once.
-	resultFailed
+	resultFailed = retry.Failed
 	// resultStopped: the attempt was cut off (stop or lost lease); it is
 	// handed back uncounted.
-	resultStopped
+	resultStopped = retry.Stopped
 )
 
 // result is what one model call came to.
@@ -57,9 +57,11 @@ type result struct {
 	kind   resultKind
 	output []byte // JSON, for resultSuccess
 	err    postgres.AttemptError
-	// retryAfter is the model's Retry-After for back-pressure; negative when
-	// it sent none.
-	retryAfter time.Duration
+	// retryAfter is the model's Retry-After header (of a 429 or a 503); ""
+	// when it sent none.
+	retryAfter string
+	// status is the model's HTTP status; 0 when it did not answer.
+	status int
 }
 
 // label is the outcome label of the attempts metric.
@@ -73,27 +75,23 @@ func (r result) label() string {
 	return r.err.Code
 }
 
-// decide turns a call's result into the outcome to record.
+// decide turns a call's result into the outcome to record, as the retry
+// policy says.
 func (p *Processor) decide(c postgres.ClaimedRequest, r result) postgres.AttemptOutcome {
-	o := postgres.AttemptOutcome{ID: c.ID}
-	switch r.kind {
-	case resultSuccess:
+	d := p.policy.Decide(retry.Attempt{
+		Number: c.Attempt, MaxAttempts: c.MaxAttempts, InitialDelay: c.InitialDelay, MaxDelay: c.MaxDelay,
+	}, retry.Answer{Kind: r.kind, RetryAfter: r.retryAfter}, p.clock.Now())
+	o := postgres.AttemptOutcome{ID: c.ID, Delay: d.Delay, Uncount: d.Uncount}
+	switch {
+	case r.kind == resultSuccess:
 		o.State, o.Output = postgres.StateSucceeded, r.output
-	case resultNotReady:
-		o.State, o.Uncount, o.Error = postgres.StateQueued, true, &r.err
-		o.Delay = p.cfg.BackpressureDelay
-		if r.retryAfter >= 0 {
-			o.Delay = r.retryAfter
-		}
-	case resultRetryable:
-		o.State, o.Error = postgres.StateFailed, &r.err
-		if c.Attempt < c.MaxAttempts {
-			o.State, o.Delay = postgres.StateQueued, postgres.RetryDelay(c.Attempt, c.InitialDelay, c.MaxDelay)
-		}
-	case resultFailed:
-		o.State, o.Error = postgres.StateFailed, &r.err
-	case resultStopped:
-		o.State, o.Uncount = postgres.StateQueued, true
+	case d.Again:
+		o.State = postgres.StateQueued
+	default:
+		o.State = postgres.StateFailed
+	}
+	if r.kind != resultSuccess && r.kind != resultStopped {
+		o.Error = &r.err
 	}
 	return o
 }
@@ -123,7 +121,7 @@ func (p *Processor) call(ctx context.Context, c postgres.ClaimedRequest) result 
 	return r
 }
 
-func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result {
+func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) (r result) {
 	endpoint := "/predict"
 	if c.IsChain {
 		endpoint = "/run_remote"
@@ -133,7 +131,12 @@ func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result 
 		return failed(postgres.CodeModelPredictError, "the deployment's URL is not valid")
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if cred := c.UpstreamCredential; cred != "" {
+	cred, err := p.db.UpstreamCredentialOpen(c)
+	if err != nil {
+		p.log.Error("upstream credential not decrypted: the model is not called", "request_id", c.ID.String(), "error", err)
+		return retryable(postgres.CodeInternalServerError, "the deployment's upstream credential could not be decrypted")
+	}
+	if cred != "" {
 		if !strings.Contains(cred, " ") {
 			cred = "Api-Key " + cred
 		}
@@ -146,6 +149,7 @@ func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result 
 		return callError(ctx, err)
 	}
 	defer resp.Body.Close()
+	defer func() { r.status = resp.StatusCode }()
 	body, readErr := io.ReadAll(io.LimitReader(resp.Body, MaxOutputBytes+1))
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("http.response.status_code", resp.StatusCode))
 
@@ -166,13 +170,15 @@ func (p *Processor) post(ctx context.Context, c postgres.ClaimedRequest) result 
 	switch status {
 	case http.StatusTooManyRequests:
 		r := notReady(message)
-		if after, ok := retryafter.Parse(resp.Header.Get("Retry-After"), time.Now(), retryAfterMax); ok {
-			r.retryAfter = after
-		}
+		r.retryAfter = resp.Header.Get("Retry-After")
 		return r
 	case http.StatusInternalServerError:
 		return retryable(postgres.CodeModelPredictError, message)
-	case http.StatusBadGateway, http.StatusServiceUnavailable:
+	case http.StatusServiceUnavailable:
+		r := retryable(postgres.CodeModelUnavailable, message)
+		r.retryAfter = resp.Header.Get("Retry-After")
+		return r
+	case http.StatusBadGateway:
 		return retryable(postgres.CodeModelUnavailable, message)
 	case http.StatusGatewayTimeout:
 		return retryable(postgres.CodeModelPredictTimeout, message)
@@ -192,7 +198,7 @@ func callError(ctx context.Context, err error) result {
 		if context.Cause(ctx) == errAttemptTimeout {
 			return retryable(postgres.CodeModelPredictTimeout, errAttemptTimeout.Error())
 		}
-		return result{kind: resultStopped, retryAfter: -1}
+		return result{kind: resultStopped}
 	}
 	var dnsErr *net.DNSError
 	switch {
@@ -215,15 +221,15 @@ func rootCause(err error) string {
 }
 
 func failed(code, message string) result {
-	return result{kind: resultFailed, err: postgres.AttemptError{Code: code, Message: message}, retryAfter: -1}
+	return result{kind: resultFailed, err: postgres.AttemptError{Code: code, Message: message}}
 }
 
 func retryable(code, message string) result {
-	return result{kind: resultRetryable, err: postgres.AttemptError{Code: code, Message: message}, retryAfter: -1}
+	return result{kind: resultRetryable, err: postgres.AttemptError{Code: code, Message: message}}
 }
 
 func notReady(message string) result {
-	return result{kind: resultNotReady, err: postgres.AttemptError{Code: postgres.CodeModelNotReady, Message: message}, retryAfter: -1}
+	return result{kind: resultNotReady, err: postgres.AttemptError{Code: postgres.CodeModelNotReady, Message: message}}
 }
 
 // answerMessage is "model answered 503", with the start of the body when

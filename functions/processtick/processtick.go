@@ -26,8 +26,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/maintainer"
 	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/retry"
 	"github.com/openasync/asyncrequest/shared/telemetry"
+	"github.com/openasync/asyncrequest/shared/worker"
 )
 
 // Defaults applied by New to a zero Config field; they match shared/config.
@@ -37,10 +40,14 @@ const (
 	LeaseDurationDefault     = 30 * time.Second
 	PollIntervalDefault      = time.Second
 	ShutdownGraceDefault     = 25 * time.Second
-	BackpressureDelayDefault = 2 * time.Second
-	// SweepIntervalDefault is how often a processor reclaims lost leases,
-	// expires requests past their queue deadline and purges retained data.
-	SweepIntervalDefault = 5 * time.Second
+	BackpressureDelayDefault = retry.BackpressureDelayDefault
+	// BackpressureMinDelayDefault is the floor on every back-pressure wait.
+	BackpressureMinDelayDefault = retry.BackpressureMinDefault
+	// SweepIntervalDefault is how often the maintainer, when this processor
+	// leads it, reclaims lost leases, expires requests past their queue
+	// deadline (and at the earliest deadline besides) and purges retained
+	// data.
+	SweepIntervalDefault = maintainer.IntervalDefault
 	// QueueDepthIntervalDefault is how often Run refreshes the queue-depth
 	// gauge.
 	QueueDepthIntervalDefault = 5 * time.Second
@@ -49,14 +56,6 @@ const (
 const (
 	// MaxOutputBytes caps a model answer; a larger one fails the request.
 	MaxOutputBytes = 10 << 20
-	// retryAfterMax caps a model's Retry-After at the longest queue time a
-	// request can have (72 h): a longer wait would end in EXPIRED all the
-	// same.
-	retryAfterMax = 72 * time.Hour
-	// sweepBatch is the row limit of one sweep statement; a sweep repeats
-	// it up to sweepRounds times when there is a backlog.
-	sweepBatch  = 1000
-	sweepRounds = 10
 	// handBackMargin is the time a Tick keeps, before its context's
 	// deadline, to hand unfinished requests back.
 	handBackMargin = 2 * time.Second
@@ -85,19 +84,24 @@ type Options struct {
 	SweepInterval time.Duration
 	// TracerProvider makes the attempt spans; nil means the global one.
 	TracerProvider trace.TracerProvider
+	// Clock defaults to the system clock; tests drive due times with a
+	// worker.ManualClock.
+	Clock worker.Clock
 }
 
 // Processor claims and processes requests. Run and Tick may be called one
 // at a time; a Processor is reusable across Lambda invocations.
 type Processor struct {
-	db            *postgres.DB
-	cfg           config.Processor
-	log           *slog.Logger
-	metrics       *telemetry.Metrics
-	client        *http.Client
-	id            string
-	sweepInterval time.Duration
-	tracer        trace.Tracer
+	db         *postgres.DB
+	cfg        config.Processor
+	log        *slog.Logger
+	metrics    *telemetry.Metrics
+	client     *http.Client
+	id         string
+	maintainer *maintainer.Maintainer
+	tracer     trace.Tracer
+	policy     retry.Policy
+	clock      worker.Clock
 	// claimBatch and completeBatch cap the requests of one claim and one
 	// completion statement; completeBatchBytes caps the outputs of one
 	// completion statement.
@@ -119,6 +123,7 @@ func New(o Options) *Processor {
 	cfg.PollInterval = cmp.Or(cfg.PollInterval, PollIntervalDefault)
 	cfg.ShutdownGrace = cmp.Or(cfg.ShutdownGrace, ShutdownGraceDefault)
 	cfg.BackpressureDelay = cmp.Or(cfg.BackpressureDelay, BackpressureDelayDefault)
+	cfg.BackpressureMinDelay = cmp.Or(cfg.BackpressureMinDelay, BackpressureMinDelayDefault)
 	client := o.Client
 	if client == nil {
 		tr := http.DefaultTransport.(*http.Transport).Clone()
@@ -133,15 +138,19 @@ func New(o Options) *Processor {
 	if tp == nil {
 		tp = otel.GetTracerProvider()
 	}
+	log := cmp.Or(o.Logger, slog.Default())
 	return &Processor{
-		db:                 o.DB,
-		cfg:                cfg,
-		log:                cmp.Or(o.Logger, slog.Default()),
-		metrics:            o.Metrics,
-		client:             client,
-		id:                 cmp.Or(o.ID, defaultID()),
-		sweepInterval:      cmp.Or(o.SweepInterval, SweepIntervalDefault),
+		db:      o.DB,
+		cfg:     cfg,
+		log:     log,
+		metrics: o.Metrics,
+		client:  client,
+		id:      cmp.Or(o.ID, defaultID()),
+		maintainer: maintainer.New(maintainer.Options{DB: o.DB, Logger: log, Metrics: o.Metrics,
+			Interval: cmp.Or(o.SweepInterval, SweepIntervalDefault), Clock: o.Clock}),
 		tracer:             tp.Tracer("github.com/openasync/asyncrequest/functions/processtick"),
+		policy:             retry.Policy{BackpressureDelay: cfg.BackpressureDelay, BackpressureMin: cfg.BackpressureMinDelay},
+		clock:              cmp.Or[worker.Clock](o.Clock, worker.SystemClock),
 		claimBatch:         claimBatchMax,
 		completeBatch:      completeBatchMax,
 		completeBatchBytes: completeBatchBytesMax,

@@ -348,7 +348,8 @@ func TestOutcomes(t *testing.T) {
 				}
 			}
 			if r.State.Final() {
-				if r.Input != nil || r.FinishedAt == nil || r.OutputExpiresAt == nil {
+				// A FAILED request keeps its input, for a retry; a SUCCEEDED one drops it.
+				if (r.Input != nil) != (r.State == postgres.StateFailed) || r.FinishedAt == nil || r.OutputExpiresAt == nil {
 					t.Errorf("final request: input %q, finished_at %v, output_expires_at %v", r.Input, r.FinishedAt, r.OutputExpiresAt)
 				}
 				eventually(t, "completed metric counted", func() bool {
@@ -423,7 +424,7 @@ func TestExpiry(t *testing.T) {
 		})
 		r := b.waitState(id, postgres.StateExpired)
 		close(release)
-		if r.Attempts != 0 || len(r.Errors) != 0 || r.Input != nil || r.FinishedAt == nil {
+		if r.Attempts != 0 || len(r.Errors) != 0 || string(r.Input) != `{}` || r.FinishedAt == nil {
 			t.Errorf("expired request: attempts %d, errors %+v, input %q, finished %v", r.Attempts, r.Errors, r.Input, r.FinishedAt)
 		}
 		if n := scalar[int](b, `SELECT count(*) FROM webhook_deliveries WHERE request_id = $1 AND state = 'PENDING'`, id); n != 1 {
@@ -877,4 +878,39 @@ func TestLeaseLost(t *testing.T) {
 	if owner := scalar[string](b, `SELECT state || ' ' || lease_owner FROM async_requests WHERE id = $1`, id); owner != "IN_PROGRESS thief" {
 		t.Errorf("row is %q, want it left to the new owner", owner)
 	}
+}
+
+// TestPausedDeployment: nothing of a paused deployment is claimed while
+// another deployment's queue runs, its queue deadlines still run out, and
+// once resumed its queue is worked off.
+func TestPausedDeployment(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	m := newModel(t, answer(200, `{}`))
+	paused, running := b.deploy(m.URL, deployOptions{MaxConcurrency: 4}), b.deploy(m.URL, deployOptions{MaxConcurrency: 4})
+	if _, err := b.db.Pool.Exec(context.Background(), `UPDATE deployments SET paused = true WHERE id = $1`, paused.ID); err != nil {
+		t.Fatal(err)
+	}
+	held, expiring := b.submit(paused, `{}`), b.submit(paused, `{}`, func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = time.Second })
+	var others []requestid.ID
+	for range 5 {
+		others = append(others, b.submit(running, `{}`))
+	}
+	b.run(b.processor())
+	for _, id := range others {
+		b.waitState(id, postgres.StateSucceeded)
+	}
+	if r := b.waitState(expiring, postgres.StateExpired); r.Attempts != 0 {
+		t.Errorf("expired request of a paused deployment: attempts %d", r.Attempts)
+	}
+	if r := b.get(held); r.State != postgres.StateQueued || r.Attempts != 0 {
+		t.Fatalf("request of a paused deployment: state %s, attempts %d; want QUEUED, 0", r.State, r.Attempts)
+	}
+	if n := m.callCount(); n != len(others) {
+		t.Errorf("model called %d times, want %d (the running deployment's requests only)", n, len(others))
+	}
+	if _, err := b.db.Pool.Exec(context.Background(), `UPDATE deployments SET paused = false WHERE id = $1`, paused.ID); err != nil {
+		t.Fatal(err)
+	}
+	b.waitState(held, postgres.StateSucceeded)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
+	"github.com/openasync/asyncrequest/shared/worker"
 )
 
 const (
@@ -34,14 +35,13 @@ type session struct {
 
 	mu       sync.Mutex
 	inflight map[requestid.ID]*flight // claimed, outcome not yet written
-	pending  []finished               // outcomes waiting for the completer
-	closed   bool                     // outcomes are no longer accepted
 
-	outcomeReady chan struct{}  // 1-buffered: pending has outcomes
-	closing      chan struct{}  // closed when the completer should flush and stop
-	freed        chan struct{}  // 1-buffered: outcomes were written, slots are free
-	wake         chan struct{}  // 1-buffered: work may be due
-	attempts     sync.WaitGroup // the workers
+	// loop schedules the claims: woken by notifications and by written
+	// outcomes (freed slots), and at the earliest due time known.
+	loop *worker.Loop
+	// completer writes the outcomes in batches.
+	completer *worker.Completer[finished]
+	attempts  sync.WaitGroup // the workers
 
 	// work holds the claimed requests no worker has taken yet; it has room
 	// for Concurrency, more than can be in flight.
@@ -49,9 +49,12 @@ type session struct {
 	// workers is the number of workers started; only claimLoop reads or
 	// changes it.
 	workers int
+	// attemptBase is the work context: attempts run under it until they
+	// finish or are cut off, not until the claiming stops.
+	attemptBase context.Context
 
-	claimed, recorded, handedBack, reclaimed, expired atomic.Int64
-	claimErr                                          atomic.Pointer[error]
+	claimed, recorded, handedBack atomic.Int64
+	claimErr                      atomic.Pointer[error]
 }
 
 // flight is a claimed request whose outcome is not written yet.
@@ -74,52 +77,54 @@ type finished struct {
 	outcome postgres.AttemptOutcome
 }
 
-func nudge(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
-}
-
 // run claims and processes requests until claimCtx is done, then waits for
 // the attempts in flight until abortAt() fires, cuts off the rest and hands
 // them back.
 func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}, long bool) (TickResult, error) {
 	s := &session{
-		p:            p,
-		inflight:     map[requestid.ID]*flight{},
-		outcomeReady: make(chan struct{}, 1),
-		closing:      make(chan struct{}),
-		freed:        make(chan struct{}, 1),
-		wake:         make(chan struct{}, 1),
-		work:         make(chan attempt, p.cfg.Concurrency),
+		p:        p,
+		inflight: map[requestid.ID]*flight{},
+		loop:     worker.NewLoop(worker.LoopConfig{Poll: p.cfg.PollInterval, Clock: p.clock}),
+		work:     make(chan attempt, p.cfg.Concurrency),
 	}
+	s.completer = worker.NewCompleter(worker.CompleterConfig[finished]{
+		Write:    s.write,
+		MaxBatch: p.completeBatch,
+		Size:     func(f finished) int { return len(f.outcome.Output) },
+		MaxBytes: p.completeBatchBytes,
+		OnError: func(err error, batch []finished) {
+			p.log.Warn("writing outcomes failed; retrying", "error", err, "count", len(batch))
+		},
+	})
 
-	// Writing outcomes and renewing leases go on through the drain; attempts
-	// run until they finish or are cut off, not until the claiming stops.
+	// The claim context is claimCtx. Writing outcomes and renewing leases go
+	// on through the drain; attempts run until they finish or are cut off,
+	// not until the claiming stops.
 	bg, stopBg := context.WithCancel(context.WithoutCancel(claimCtx))
 	defer stopBg()
 	attemptBase, abort := context.WithCancelCause(context.WithoutCancel(claimCtx))
 	defer abort(nil)
+	s.attemptBase = attemptBase
 
 	completerDone := make(chan struct{})
 	go func() {
 		defer close(completerDone)
-		s.completeLoop(bg)
+		s.completer.Run(bg)
 	}()
 	var helpers sync.WaitGroup
 	helpers.Go(func() { s.renewLoop(bg) })
 	helpers.Go(func() {
-		p.db.WakeListen(claimCtx, postgres.WakeChannel, func() { nudge(s.wake) }, func(err error) {
+		p.db.WakeListen(claimCtx, postgres.WakeChannel, s.loop.Wake, func(err error) {
 			p.log.Warn("wake-up listener disconnected; polling meanwhile", "error", err)
 		})
 	})
-	helpers.Go(func() { s.sweepLoop(claimCtx) })
+	sweeps := p.maintainer.Totals()
+	helpers.Go(func() { p.maintainer.Run(claimCtx) })
 	if long && p.metrics != nil {
 		helpers.Go(func() { s.queueDepthLoop(claimCtx) })
 	}
 
-	s.claimLoop(claimCtx, attemptBase)
+	s.loop.Run(claimCtx, s.fetch)
 	close(s.work)
 
 	attemptsDone := make(chan struct{})
@@ -137,10 +142,7 @@ func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}
 			p.log.Warn("attempts did not stop in time; handing their requests back")
 		}
 	}
-	s.mu.Lock()
-	s.closed = true
-	s.mu.Unlock()
-	close(s.closing)
+	s.completer.Close()
 	select {
 	case <-completerDone:
 	case <-time.After(finalWriteTimeout):
@@ -151,12 +153,13 @@ func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}
 	s.handBackRest()
 	helpers.Wait()
 
+	swept := p.maintainer.Totals()
 	res := TickResult{
 		Claimed:    int(s.claimed.Load()),
 		Recorded:   int(s.recorded.Load()),
 		HandedBack: int(s.handedBack.Load()),
-		Reclaimed:  int(s.reclaimed.Load()),
-		Expired:    int(s.expired.Load()),
+		Reclaimed:  swept.Reclaimed - sweeps.Reclaimed,
+		Expired:    swept.Expired - sweeps.Expired,
 	}
 	if errp := s.claimErr.Load(); errp != nil && res.Claimed == 0 {
 		return res, *errp
@@ -164,34 +167,36 @@ func (p *Processor) run(claimCtx context.Context, abortAt func() <-chan struct{}
 	return res, nil
 }
 
-// claimLoop claims while there is room, right away after a full batch or a
-// write that freed slots, and otherwise on a wake-up or the poll.
-func (s *session) claimLoop(ctx context.Context, attemptBase context.Context) {
-	poll := time.NewTicker(s.p.cfg.PollInterval)
-	defer poll.Stop()
-	for ctx.Err() == nil {
-		s.mu.Lock()
-		free := s.p.cfg.Concurrency - len(s.inflight)
-		s.mu.Unlock()
-		if free > 0 {
-			limit := min(free, s.p.claimBatch)
-			claimed, err := s.claim(ctx, limit)
-			if err != nil {
-				s.claimErr.Store(&err)
-				s.p.log.Error("claim failed", "error", err)
-			}
-			s.start(attemptBase, claimed)
-			if len(claimed) == limit {
-				continue // more may be due
-			}
-		}
-		select {
-		case <-ctx.Done():
-		case <-s.wake:
-		case <-s.freed:
-		case <-poll.C:
-		}
+// fetch claims while there is room, and reports whether the claim was
+// full (claim again at once) and, when it was not, the earliest due time of
+// the requests waiting (retries, back-pressure waits), so that the loop
+// sleeps until then at most. Between claims the loop waits for a wake-up,
+// a written outcome (freed slots), that due time or the poll.
+func (s *session) fetch(ctx context.Context) worker.Fetched {
+	s.mu.Lock()
+	free := s.p.cfg.Concurrency - len(s.inflight)
+	s.mu.Unlock()
+	if free <= 0 {
+		return worker.Fetched{} // a written outcome wakes the loop
 	}
+	limit := min(free, s.p.claimBatch)
+	claimed, err := s.claim(ctx, limit)
+	if err != nil {
+		s.claimErr.Store(&err)
+		s.p.log.Error("claim failed", "error", err)
+	}
+	s.start(s.attemptBase, claimed)
+	if len(claimed) == limit {
+		return worker.Fetched{More: true}
+	}
+	if err != nil || ctx.Err() != nil {
+		return worker.Fetched{}
+	}
+	wait, ok, err := s.p.db.RequestNextDue(ctx)
+	if err != nil || !ok {
+		return worker.Fetched{}
+	}
+	return worker.Fetched{Next: s.p.clock.Now().Add(wait)}
 }
 
 func (s *session) claim(ctx context.Context, limit int) ([]postgres.ClaimedRequest, error) {
@@ -246,72 +251,21 @@ func (s *session) worker() {
 			m.Attempts.WithLabelValues(r.label()).Inc()
 			m.InferenceDuration.Observe(time.Since(began).Seconds())
 		}
-		s.finish(finished{req: c, result: r, outcome: s.p.decide(c, r)})
+		o := s.p.decide(c, r)
+		o.StartedAt, o.FinishedAt, o.HTTPStatus = began, time.Now(), r.status
+		s.finish(finished{req: c, result: r, outcome: o})
 		a.cancel(nil)
 	}
 }
 
-// finish queues an outcome for the completer. After the session closed, the
-// request is handed back instead (handBackRest).
-func (s *session) finish(f finished) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	s.pending = append(s.pending, f)
-	nudge(s.outcomeReady)
-}
+// finish queues an outcome for the completer. After the completer closed,
+// the request stays in flight and is handed back instead (handBackRest).
+func (s *session) finish(f finished) { s.completer.Add(f) }
 
-// completeLoop writes outcomes in batches: whatever accumulated while the
-// previous batch was being written goes in the next statement.
-func (s *session) completeLoop(ctx context.Context) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.outcomeReady:
-		case <-s.closing:
-		}
-		for {
-			s.mu.Lock()
-			n := batchLen(s.pending, s.p.completeBatch, s.p.completeBatchBytes)
-			batch := s.pending[:n:n]
-			s.pending = s.pending[n:]
-			closed := s.closed
-			s.mu.Unlock()
-			if n == 0 {
-				if closed {
-					return
-				}
-				break
-			}
-			if !s.write(ctx, batch) {
-				return
-			}
-		}
-	}
-}
-
-// batchLen is how many of the first outcomes of pending one statement
-// writes: at most maxN, with outputs of at most maxBytes in all, but always
-// the first.
-func batchLen(pending []finished, maxN, maxBytes int) int {
-	n, size := 0, 0
-	for n < len(pending) && n < maxN {
-		size += len(pending[n].outcome.Output)
-		if n > 0 && size > maxBytes {
-			break
-		}
-		n++
-	}
-	return n
-}
-
-// write records a batch, retrying while the database is away. It reports
-// false when ctx ended first; the batch's requests stay in flight and are
-// handed back, or reclaimed once their leases run out.
-func (s *session) write(ctx context.Context, batch []finished) bool {
+// write records a batch in one statement; the completer retries it while
+// the database is away. Requests whose outcome is never written stay in
+// flight and are handed back, or reclaimed once their leases run out.
+func (s *session) write(ctx context.Context, batch []finished) error {
 	outcomes := make([]postgres.AttemptOutcome, len(batch))
 	var size int64
 	for i, f := range batch {
@@ -321,28 +275,15 @@ func (s *session) write(ctx context.Context, batch []finished) bool {
 	for seen := s.p.stats.writeBytesMax.Load(); size > seen && !s.p.stats.writeBytesMax.CompareAndSwap(seen, size); {
 		seen = s.p.stats.writeBytesMax.Load()
 	}
-	backoff := 50 * time.Millisecond
-	var recorded []postgres.RecordedOutcome
-	for {
-		var err error
-		recorded, err = s.p.db.RequestCompleteBatch(ctx, s.p.id, outcomes)
-		s.p.stats.writes.Add(1)
-		if err == nil {
-			s.p.stats.written.Add(int64(len(outcomes)))
-			break
-		}
+	recorded, err := s.p.db.RequestCompleteBatch(ctx, s.p.id, outcomes)
+	s.p.stats.writes.Add(1)
+	if err != nil {
 		if ctx.Err() != nil {
 			s.p.log.Error("outcomes not written", "error", err, "count", len(batch))
-			return false
 		}
-		s.p.log.Warn("writing outcomes failed; retrying", "error", err, "count", len(batch))
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
+		return err
 	}
+	s.p.stats.written.Add(int64(len(outcomes)))
 	written := make(map[requestid.ID]postgres.RecordedOutcome, len(recorded))
 	for _, r := range recorded {
 		written[r.ID] = r
@@ -352,10 +293,15 @@ func (s *session) write(ctx context.Context, batch []finished) bool {
 		delete(s.inflight, f.req.ID)
 	}
 	s.mu.Unlock()
-	nudge(s.freed)
+	s.loop.Wake() // slots are free
+	s.p.notify(ctx, postgres.NoticeOf(recorded))
+	now := s.p.clock.Now()
 	s.recorded.Add(int64(len(recorded)))
 	for _, f := range batch {
 		r, ok := written[f.req.ID]
+		if ok && r.State == postgres.StateQueued && f.outcome.Delay > 0 {
+			s.loop.DueAt(now.Add(f.outcome.Delay)) // a retry or back-pressure wait of ours
+		}
 		if ok && f.result.kind == resultStopped {
 			s.handedBack.Add(1)
 		}
@@ -364,7 +310,7 @@ func (s *session) write(ctx context.Context, batch []finished) bool {
 		}
 		s.logOutcome(f, ok)
 	}
-	return true
+	return nil
 }
 
 func (s *session) logOutcome(f finished, recorded bool) {
@@ -418,6 +364,7 @@ func (s *session) handBackRest() {
 		s.p.log.Error("hand-back failed; the requests return when their leases run out", "error", err, "count", len(outcomes))
 		return
 	}
+	s.p.notify(ctx, postgres.NoticeOf(recorded))
 	s.recorded.Add(int64(len(recorded)))
 	s.handedBack.Add(int64(len(recorded)))
 	for _, r := range recorded {
@@ -467,84 +414,6 @@ func (s *session) renewLoop(ctx context.Context) {
 	}
 }
 
-// sweepLoop runs the sweeps at once and then every sweep interval.
-func (s *session) sweepLoop(ctx context.Context) {
-	t := time.NewTicker(s.p.sweepInterval)
-	defer t.Stop()
-	for {
-		s.sweep(ctx)
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// sweep reclaims lost leases, expires requests past their queue deadline
-// and purges data past its retention, in bounded batches.
-func (s *session) sweep(ctx context.Context) {
-	p := s.p
-	for range sweepRounds {
-		lost, err := p.db.RequestReclaimLost(ctx, sweepBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				p.log.Warn("reclaim sweep failed", "error", err)
-			}
-			break
-		}
-		s.reclaimed.Add(int64(len(lost)))
-		for _, l := range lost {
-			p.log.Warn("processor lost; attempt counted as failed", "request_id", l.ID.String(),
-				"model_id", l.ModelID, "deployment_id", l.DeploymentID, "attempt", l.Attempt, "state", string(l.State))
-			if p.metrics != nil {
-				p.metrics.Attempts.WithLabelValues(postgres.CodeInternalServerError).Inc()
-				if l.State.Final() {
-					p.metrics.Completed.WithLabelValues(string(l.State)).Inc()
-				}
-			}
-		}
-		if len(lost) > 0 {
-			nudge(s.wake)
-		}
-		if len(lost) < sweepBatch {
-			break
-		}
-	}
-	for range sweepRounds {
-		expired, err := p.db.RequestExpireBatch(ctx, sweepBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				p.log.Warn("expiry sweep failed", "error", err)
-			}
-			break
-		}
-		s.expired.Add(int64(len(expired)))
-		for _, e := range expired {
-			p.log.Info("request expired in the queue", "request_id", e.ID.String(), "model_id", e.ModelID,
-				"deployment_id", e.DeploymentID, "attempt", e.Attempts)
-			if p.metrics != nil {
-				p.metrics.Completed.WithLabelValues(string(e.State)).Inc()
-			}
-		}
-		if len(expired) < sweepBatch {
-			break
-		}
-	}
-	for range sweepRounds {
-		c, err := p.db.RetentionPurge(ctx, sweepBatch)
-		if err != nil {
-			if ctx.Err() == nil {
-				p.log.Warn("retention sweep failed", "error", err)
-			}
-			break
-		}
-		if c.Requests < sweepBatch && c.Outputs < sweepBatch && c.IdempotencyKeys < sweepBatch {
-			break
-		}
-	}
-}
-
 // queueDepthLoop refreshes the queue-depth gauge.
 func (s *session) queueDepthLoop(ctx context.Context) {
 	t := time.NewTicker(QueueDepthIntervalDefault)
@@ -558,5 +427,13 @@ func (s *session) queueDepthLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// notify sends the notifications a committed write calls for. They only
+// shorten waits, so a failure is logged, not retried.
+func (p *Processor) notify(ctx context.Context, n postgres.Notice) {
+	if err := p.db.Notify(ctx, n); err != nil && ctx.Err() == nil {
+		p.log.Warn("notification failed; listeners will poll", "error", err)
 	}
 }

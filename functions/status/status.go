@@ -53,24 +53,17 @@ func New(o Options) http.Handler {
 	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: now, Cache: o.AuthCache})
 	readRate := cmp.Or(o.API.ReadRate, httpapi.ReadRateDefault)
 	limit := httpapi.RateLimit(readRate, httpapi.ReadBurst(readRate), now)
-	handle := func(h http.HandlerFunc) http.Handler { return auth(limit(h)) }
-
-	var rt httpapi.Router
-	rt.Handle("GET /async_request/{request_id}", handle(s.get))
-	rt.Handle("DELETE /async_request/{request_id}", handle(s.cancel))
-	rt.Handle("GET /async_request/{request_id}/result", handle(s.result))
-	rt.Handle("POST /async_request/{request_id}/webhook", handle(s.redeliver))
-	for _, where := range httpapi.DeploymentPaths {
-		rt.Handle("GET "+where+"/async_queue_status", handle(s.queueStatus))
-		// Submit's routes, so that another method on them is a 405 here too
-		// (the gateway and Mux send their POSTs to submit, never here).
-		for action := range httpapi.SubmitActions {
-			rt.Handle("POST "+where+action, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				httpapi.WriteError(w, r, s.log, httpapi.ErrNotFound)
-			}))
-		}
-	}
-	return httpapi.WithTarget(&rt)
+	return httpapi.NewRouter(httpapi.RouterOptions{
+		Function: httpapi.FunctionStatus,
+		Handlers: map[string]http.Handler{
+			httpapi.HandlerRequestStatus: limit(http.HandlerFunc(s.get)),
+			httpapi.HandlerRequestCancel: limit(http.HandlerFunc(s.cancel)),
+			httpapi.HandlerResult:        limit(http.HandlerFunc(s.result)),
+			httpapi.HandlerRedeliver:     limit(http.HandlerFunc(s.redeliver)),
+			httpapi.HandlerQueueStatus:   limit(http.HandlerFunc(s.queueStatus)),
+		},
+		Authenticate: func(httpapi.Auth) func(http.Handler) http.Handler { return auth },
+	})
 }
 
 type server struct {
@@ -266,7 +259,7 @@ func (s *server) queueStatus(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, r, s.log, errNoTarget)
 		return
 	}
-	dep, err := s.db.DeploymentResolve(ctx, httpapi.DeploymentTarget(r, httpapi.OrganizationID(ctx), t))
+	t, dep, err := httpapi.ResolveDeployment(ctx, s.db, r, httpapi.OrganizationID(ctx), t)
 	if errors.Is(err, postgres.ErrNotFound) {
 		err = errNoDeployment
 	}

@@ -52,6 +52,11 @@ const ActiveCountTTLDefault = time.Second
 // IN_PROGRESS requests when Options.API sets none.
 const MaxActiveRequestsDefault = 50_000
 
+// SubmitTimeoutDefault bounds the work of a submit after its body is read
+// and validated (resolving the deployment, the cap, the insert), which no
+// longer depends on the client's connection.
+const SubmitTimeoutDefault = 15 * time.Second
+
 // MaxIdempotencyKeyLength bounds the Idempotency-Key header.
 const MaxIdempotencyKeyLength = 255
 
@@ -101,13 +106,14 @@ func New(o Options) http.Handler {
 	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: s.now, Cache: o.AuthCache})
 	limit := httpapi.RateLimit(cmp.Or(o.API.SubmitRate, httpapi.SubmitRateDefault),
 		cmp.Or(o.API.SubmitBurst, httpapi.SubmitBurstDefault), s.now)
-	var rt httpapi.Router
-	for _, where := range httpapi.DeploymentPaths {
-		for action, kind := range httpapi.SubmitActions {
-			rt.Handle("POST "+where+action, auth(limit(s.submit(kind))))
-		}
-	}
-	return httpapi.WithTarget(&rt)
+	return httpapi.NewRouter(httpapi.RouterOptions{
+		Function: httpapi.FunctionSubmit,
+		Handlers: map[string]http.Handler{
+			httpapi.HandlerSubmitModel: limit(s.submit(postgres.KindModel)),
+			httpapi.HandlerSubmitChain: limit(s.submit(postgres.KindChain)),
+		},
+		Authenticate: func(httpapi.Auth) func(http.Handler) http.Handler { return auth },
+	})
 }
 
 type server struct {
@@ -171,6 +177,10 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			httpapi.WriteError(w, r, s.log, err)
 			return
 		}
+		if len(r.Header.Values("Idempotency-Key")) > 1 {
+			httpapi.WriteError(w, r, s.log, httpapi.RepeatedHeader("Idempotency-Key"))
+			return
+		}
 		idemKey := r.Header.Get("Idempotency-Key")
 		if len(idemKey) > MaxIdempotencyKeyLength || strings.ContainsFunc(idemKey, func(c rune) bool { return c < 0x20 || c > 0x7e }) {
 			httpapi.WriteError(w, r, s.log, httpapi.Invalid("Idempotency-Key",
@@ -181,7 +191,16 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			httpapi.WriteError(w, r, s.log, errNoDeployment)
 			return
 		}
-		dep, err := s.db.DeploymentResolve(ctx, httpapi.DeploymentTarget(r, org, target))
+		// The body is read and valid: from here the submit runs to its end
+		// even if the client goes away (net/http cancels r.Context() when a
+		// client half-closes after sending, as scripts do), so a request
+		// that gets stored is answered 201 to whoever is still listening,
+		// and never reported as a 503 it was not.
+		client := ctx
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeoutDefault)
+		defer cancel()
+		named := target // as the URL names it, before a regional Host is split
+		target, dep, err := httpapi.ResolveDeployment(ctx, s.db, r, org, target)
 		if errors.Is(err, postgres.ErrNotFound) {
 			err = errNoDeployment
 		}
@@ -203,12 +222,12 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			// URL, not the deployment it resolves to, so a replay after a
 			// promotion still replays.)
 			h := sha256.New()
-			fmt.Fprintf(h, "%s\x00%s\x00%s\x00", target.Kind, target.ID, r.URL.Path)
+			fmt.Fprintf(h, "%s\x00%s\x00%s\x00", named.Kind, named.ID, r.URL.Path)
 			h.Write(raw)
 			params.BodyHash = h.Sum(nil)
 		}
 
-		ctx, span := s.startSpan(r, params)
+		ctx, span := s.startSpan(ctx, params)
 		defer span.End()
 		r = r.WithContext(ctx)
 
@@ -216,7 +235,7 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		// of one that was accepted: with an Idempotency-Key it gets its
 		// original answer.
 		var res postgres.RequestInsertResult
-		err = s.admit(r, org)
+		err = s.admit(ctx, org)
 		admitted := err == nil
 		switch {
 		case admitted:
@@ -241,6 +260,10 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		}
 		s.log.DebugContext(ctx, "request submitted", "request_id", res.ID.String(), "model_id", target.ID,
 			"deployment_id", dep.ID, "replayed", res.Replayed)
+		if client.Err() != nil {
+			s.log.InfoContext(ctx, "client went away before its answer; the request is stored",
+				"request_id", res.ID.String(), "model_id", target.ID, "deployment_id", dep.ID)
+		}
 		httpapi.Encode(w, http.StatusCreated, struct {
 			RequestID requestid.ID `json:"request_id"`
 		}{res.ID})
@@ -278,7 +301,8 @@ func (s *server) validate(b body) (postgres.RequestInsertParams, error) {
 				fmt.Sprintf("%s must be between %d and %d, not %d", c.field, c.lo, c.h, c.v))
 		}
 	}
-	if b.WebhookEndpoint != nil {
+	// "" is no webhook, as null is: the original API's samples send it.
+	if b.WebhookEndpoint != nil && *b.WebhookEndpoint != "" {
 		if err := safehttp.CheckURL(*b.WebhookEndpoint, s.policy); err != nil {
 			return postgres.RequestInsertParams{}, err
 		}
@@ -299,13 +323,13 @@ func orDefault[T any](p *T, def T) T {
 // startSpan starts the submit span in the trace whose id is the request id,
 // so the submit, every attempt and every webhook delivery of a request are
 // one trace.
-func (s *server) startSpan(r *http.Request, p postgres.RequestInsertParams) (context.Context, trace.Span) {
+func (s *server) startSpan(ctx context.Context, p postgres.RequestInsertParams) (context.Context, trace.Span) {
 	var spanID trace.SpanID
 	copy(spanID[:], p.ID[8:]) // random bits of the id; never all zero with the variant bit set
 	parent := trace.NewSpanContext(trace.SpanContextConfig{
 		TraceID: trace.TraceID(p.ID), SpanID: spanID, TraceFlags: trace.FlagsSampled, Remote: true,
 	})
-	ctx := trace.ContextWithRemoteSpanContext(r.Context(), parent)
+	ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
 	ctx, span := s.tracer.Start(ctx, "submit", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("request_id", p.ID.String()),
 		attribute.String("model_id", p.ModelID),
@@ -319,13 +343,13 @@ func (s *server) startSpan(r *http.Request, p postgres.RequestInsertParams) (con
 // instance's submits to the count in between, so the cap is exact for one
 // instance and overshoots by at most what other instances accept within
 // that second.
-func (s *server) admit(r *http.Request, org int64) error {
+func (s *server) admit(ctx context.Context, org int64) error {
 	now := s.now()
 	s.mu.Lock()
 	c, ok := s.active[org]
 	s.mu.Unlock()
 	if !ok || now.Before(c.at) || now.Sub(c.at) >= ActiveCountTTLDefault {
-		n, err := s.db.RequestCountActive(r.Context(), org, s.cap)
+		n, err := s.db.RequestCountActive(ctx, org, s.cap)
 		if err != nil {
 			return err
 		}

@@ -259,44 +259,43 @@ func TestSubmitValidation(t *testing.T) {
 		{name: "EmptyBody", body: ``, status: 400, code: "MALFORMED_JSON"},
 		{name: "NotAnObject", body: `[{"model_input": 1}]`, status: 400, code: "MALFORMED_JSON"},
 		{name: "TrailingData", body: `{"model_input": 1}x`, status: 400, code: "MALFORMED_JSON"},
-		{name: "MissingModelInput", body: `{"priority": 1}`, status: 422, code: "INVALID_FIELD", field: "model_input"},
-		{name: "EmptyObject", body: `{}`, status: 422, code: "INVALID_FIELD", field: "model_input"},
-		{name: "UnknownField", body: `{"model_input": 1, "webhook_url": "https://a.example.com"}`, status: 422, code: "UNKNOWN_FIELD", field: "webhook_url"},
-		{name: "UnknownNestedField", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "backoff": 2}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.backoff"},
-		{name: "FieldOtherCase", body: `{"model_input": 1, "Priority": 1}`, status: 422, code: "UNKNOWN_FIELD", field: "Priority"},
-		{name: "NestedFieldOtherCase", body: `{"model_input": 1, "inference_retry_config": {"Max_Attempts": 2}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.Max_Attempts"},
-		{name: "ModelInputOtherCase", body: `{"Model_Input": 1}`, status: 422, code: "UNKNOWN_FIELD", field: "Model_Input"},
-		{name: "FieldTwice", body: `{"model_input": 1, "priority": 0, "priority": 2}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "NestedFieldTwice", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 1, "max_attempts": 9}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
-		{name: "PriorityString", body: `{"model_input": 1, "priority": "1"}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "PriorityFloat", body: `{"model_input": 1, "priority": 0.5}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "PriorityBelowMin", body: `{"model_input": 1, "priority": -1}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "PriorityAboveMax", body: `{"model_input": 1, "priority": 3}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "MaxTimeInQueueString", body: `{"model_input": 1, "max_time_in_queue_seconds": "600"}`, status: 422, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
-		{name: "MaxTimeInQueueBelowMin", body: `{"model_input": 1, "max_time_in_queue_seconds": 9}`, status: 422, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
-		{name: "MaxTimeInQueueAboveMax", body: `{"model_input": 1, "max_time_in_queue_seconds": 259201}`, status: 422, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
-		{name: "MaxTimeInQueueHuge", body: `{"model_input": 1, "max_time_in_queue_seconds": 99999999999999999999}`, status: 422, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
-		{name: "RetryConfigNotObject", body: `{"model_input": 1, "inference_retry_config": [3]}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config"},
-		{name: "MaxAttemptsString", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": "3"}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
-		{name: "MaxAttemptsBelowMin", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 0}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
-		{name: "MaxAttemptsAboveMax", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 11}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
-		{name: "InitialDelayString", body: `{"model_input": 1, "inference_retry_config": {"initial_delay_ms": "1"}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.initial_delay_ms"},
-		{name: "InitialDelayBelowMin", body: `{"model_input": 1, "inference_retry_config": {"initial_delay_ms": -1}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.initial_delay_ms"},
-		{name: "InitialDelayAboveMax", body: `{"model_input": 1, "inference_retry_config": {"initial_delay_ms": 10001}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.initial_delay_ms"},
-		{name: "MaxDelayString", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": false}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
-		{name: "MaxDelayBelowMin", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": -5}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
-		{name: "MaxDelayAboveMax", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": 60001}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
-		{name: "WebhookNotString", body: `{"model_input": 1, "webhook_endpoint": {"url": "https://a.example.com"}}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookEmpty", body: `{"model_input": 1, "webhook_endpoint": ""}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookNotURL", body: `{"model_input": 1, "webhook_endpoint": "not a url"}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookHTTP", body: `{"model_input": 1, "webhook_endpoint": "http://hooks.example.com/x"}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookPrivate", body: `{"model_input": 1, "webhook_endpoint": "https://10.0.0.8/hook"}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookLoopback", body: `{"model_input": 1, "webhook_endpoint": "https://localhost:9003/webhook"}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "WebhookMetadata", body: `{"model_input": 1, "webhook_endpoint": "https://169.254.169.254/latest"}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "MissingModelInput", body: `{"priority": 1}`, status: 400, code: "INVALID_FIELD", field: "model_input"},
+		{name: "EmptyObject", body: `{}`, status: 400, code: "INVALID_FIELD", field: "model_input"},
+		{name: "UnknownField", body: `{"model_input": 1, "webhook_url": "https://a.example.com"}`, status: 400, code: "UNKNOWN_FIELD", field: "webhook_url"},
+		{name: "UnknownNestedField", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "backoff": 2}}`, status: 400, code: "UNKNOWN_FIELD", field: "inference_retry_config.backoff"},
+		{name: "FieldOtherCase", body: `{"model_input": 1, "Priority": 1}`, status: 400, code: "UNKNOWN_FIELD", field: "Priority"},
+		{name: "NestedFieldOtherCase", body: `{"model_input": 1, "inference_retry_config": {"Max_Attempts": 2}}`, status: 400, code: "UNKNOWN_FIELD", field: "inference_retry_config.Max_Attempts"},
+		{name: "ModelInputOtherCase", body: `{"Model_Input": 1}`, status: 400, code: "UNKNOWN_FIELD", field: "Model_Input"},
+		{name: "FieldTwice", body: `{"model_input": 1, "priority": 0, "priority": 2}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "NestedFieldTwice", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 1, "max_attempts": 9}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "PriorityString", body: `{"model_input": 1, "priority": "1"}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "PriorityFloat", body: `{"model_input": 1, "priority": 0.5}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "PriorityBelowMin", body: `{"model_input": 1, "priority": -1}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "PriorityAboveMax", body: `{"model_input": 1, "priority": 3}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "MaxTimeInQueueString", body: `{"model_input": 1, "max_time_in_queue_seconds": "600"}`, status: 400, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
+		{name: "MaxTimeInQueueBelowMin", body: `{"model_input": 1, "max_time_in_queue_seconds": 9}`, status: 400, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
+		{name: "MaxTimeInQueueAboveMax", body: `{"model_input": 1, "max_time_in_queue_seconds": 259201}`, status: 400, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
+		{name: "MaxTimeInQueueHuge", body: `{"model_input": 1, "max_time_in_queue_seconds": 99999999999999999999}`, status: 400, code: "INVALID_FIELD", field: "max_time_in_queue_seconds"},
+		{name: "RetryConfigNotObject", body: `{"model_input": 1, "inference_retry_config": [3]}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config"},
+		{name: "MaxAttemptsString", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": "3"}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "MaxAttemptsBelowMin", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 0}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "MaxAttemptsAboveMax", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 11}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "InitialDelayString", body: `{"model_input": 1, "inference_retry_config": {"initial_delay_ms": "1"}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.initial_delay_ms"},
+		{name: "InitialDelayBelowMin", body: `{"model_input": 1, "inference_retry_config": {"initial_delay_ms": -1}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.initial_delay_ms"},
+		{name: "InitialDelayAboveMax", body: `{"model_input": 1, "inference_retry_config": {"initial_delay_ms": 10001}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.initial_delay_ms"},
+		{name: "MaxDelayString", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": false}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
+		{name: "MaxDelayBelowMin", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": -5}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
+		{name: "MaxDelayAboveMax", body: `{"model_input": 1, "inference_retry_config": {"max_delay_ms": 60001}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_delay_ms"},
+		{name: "WebhookNotString", body: `{"model_input": 1, "webhook_endpoint": {"url": "https://a.example.com"}}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "WebhookNotURL", body: `{"model_input": 1, "webhook_endpoint": "not a url"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "WebhookHTTP", body: `{"model_input": 1, "webhook_endpoint": "http://hooks.example.com/x"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "WebhookPrivate", body: `{"model_input": 1, "webhook_endpoint": "https://10.0.0.8/hook"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "WebhookLoopback", body: `{"model_input": 1, "webhook_endpoint": "https://localhost:9003/webhook"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "WebhookMetadata", body: `{"model_input": 1, "webhook_endpoint": "https://169.254.169.254/latest"}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "WebhookPrivateWithAllowHTTPOnly", body: `{"model_input": 1, "webhook_endpoint": "http://127.0.0.1:9003/webhook"}`,
-			opts: func(o *submit.Options) { o.Webhook.AllowHTTP = true }, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
+			opts: func(o *submit.Options) { o.Webhook.AllowHTTP = true }, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "WebhookHTTPWithAllowPrivateOnly", body: `{"model_input": 1, "webhook_endpoint": "http://127.0.0.1:9003/webhook"}`,
-			opts: func(o *submit.Options) { o.Webhook.AllowPrivate = true }, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
+			opts: func(o *submit.Options) { o.Webhook.AllowPrivate = true }, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "WebhookLocalAllowed", body: `{"model_input": 1, "webhook_endpoint": "http://127.0.0.1:9003/webhook"}`,
 			opts: func(o *submit.Options) { o.Webhook.AllowHTTP, o.Webhook.AllowPrivate = true, true }, status: 201},
 		{name: "BodyAtLimit", body: big(256 << 10), status: 201},
@@ -469,11 +468,11 @@ func TestSubmitIdempotency(t *testing.T) {
 		b := setup(t)
 		created(t, b.do("POST", host, path, `{"model_input": 1}`, "Idempotency-Key", "k"))
 		apitest.CheckError(t, b.do("POST", host, path, `{"model_input": 2}`, "Idempotency-Key", "k"),
-			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
+			http.StatusBadRequest, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
 		apitest.CheckError(t, b.do("POST", "model-m2.api.example.com", path, `{"model_input": 1}`, "Idempotency-Key", "k"),
-			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
+			http.StatusBadRequest, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
 		apitest.CheckError(t, b.do("POST", host, "/environments/staging/async_predict", `{"model_input": 1}`, "Idempotency-Key", "k"),
-			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
+			http.StatusBadRequest, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
 		if n := b.rows(); n != 1 {
 			t.Errorf("%d rows, want 1", n)
 		}
@@ -483,7 +482,7 @@ func TestSubmitIdempotency(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
 		apitest.CheckError(t, b.do("POST", host, path, `{"model_input": 1}`, "Idempotency-Key", strings.Repeat("k", 256)),
-			http.StatusUnprocessableEntity, "INVALID_FIELD", "Idempotency-Key")
+			http.StatusBadRequest, "INVALID_FIELD", "Idempotency-Key")
 		if n := b.rows(); n != 0 {
 			t.Errorf("%d rows, want 0", n)
 		}
@@ -574,7 +573,7 @@ func TestSubmitLimits(t *testing.T) {
 		}
 		// ...the same key with another body is still a 422...
 		apitest.CheckError(t, b.do("POST", host, path, `{"model_input": 2}`, "Idempotency-Key", "k1"),
-			http.StatusUnprocessableEntity, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
+			http.StatusBadRequest, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key")
 		// ...and a new key is refused.
 		apitest.CheckError(t, b.do("POST", host, path, body, "Idempotency-Key", "k2"),
 			http.StatusTooManyRequests, "TOO_MANY_ACTIVE_REQUESTS", "")

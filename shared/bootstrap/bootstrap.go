@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/telemetry"
 )
@@ -69,6 +70,10 @@ func Start(ctx context.Context, service string, cfg config.Config) (*Process, er
 	if err != nil {
 		return nil, err
 	}
+	keys, err := credential.ParseKeys(cfg.UpstreamCredentialKeys)
+	if err != nil {
+		return nil, fmt.Errorf("configuration: UPSTREAM_CREDENTIAL_KEYS: %w", err)
+	}
 	tp, err := telemetry.SetupTracing(ctx, service)
 	if err != nil {
 		return nil, err
@@ -78,6 +83,7 @@ func Start(ctx context.Context, service string, cfg config.Config) (*Process, er
 		shutdown(tp)
 		return nil, err
 	}
+	pg.Credentials = keys
 	pg.StatusRetention = cfg.Retention.Status
 	pg.OutputRetention = cfg.Retention.Output
 	reg := prometheus.NewRegistry()

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/sethvargo/go-envconfig"
+
+	"github.com/openasync/asyncrequest/shared/credential"
 )
 
 // Config is the whole configuration. Defaults live in the struct tags.
@@ -26,6 +28,12 @@ type Config struct {
 	Processor Processor
 	Webhook   Webhook
 	Retention Retention
+
+	// UpstreamCredentialKeys encrypt deployments' upstream credentials at
+	// rest: comma-separated base64 keys of 32 bytes, the first encrypts,
+	// all decrypt (credential.ParseKeys). Unset, no deployment may be
+	// given a credential. make dev generates one when unset.
+	UpstreamCredentialKeys string `env:"UPSTREAM_CREDENTIAL_KEYS"`
 
 	// LogFormat is "json" (deployed) or "text" (the dev harness).
 	LogFormat string `env:"LOG_FORMAT, default=json"`
@@ -79,6 +87,10 @@ type Processor struct {
 	// BackpressureDelay is how long a request waits after the model said
 	// it is not ready (429, connection refused) without a Retry-After.
 	BackpressureDelay time.Duration `env:"BACKPRESSURE_DELAY, default=2s"`
+	// BackpressureMinDelay is the floor on every back-pressure wait, a
+	// model's Retry-After included, so a model answering 429 with
+	// Retry-After: 0 is called at most once per this delay per request.
+	BackpressureMinDelay time.Duration `env:"BACKPRESSURE_MIN_DELAY, default=100ms"`
 }
 
 // Webhook configures delivery and the URL policy.
@@ -147,6 +159,8 @@ func (c Config) validate() error {
 		return errors.New("LEASE_DURATION: must be at least 1s")
 	case c.Processor.PollInterval <= 0:
 		return errors.New("POLL_INTERVAL: must be positive")
+	case c.Processor.BackpressureMinDelay < time.Millisecond:
+		return errors.New("BACKPRESSURE_MIN_DELAY: must be at least 1ms")
 	case c.Webhook.Timeout <= 0:
 		return errors.New("WEBHOOK_TIMEOUT: must be positive")
 	case len(c.Webhook.Schedule) == 0:
@@ -161,6 +175,9 @@ func (c Config) validate() error {
 		if p.v < 0 || p.v > 65535 {
 			return fmt.Errorf("%s: %d is not a port", p.name, p.v)
 		}
+	}
+	if _, err := credential.ParseKeys(c.UpstreamCredentialKeys); err != nil {
+		return fmt.Errorf("UPSTREAM_CREDENTIAL_KEYS: %w", err)
 	}
 	_, err := c.Database.ConnString()
 	return err

@@ -65,6 +65,7 @@ func TestLoad(t *testing.T) {
 		{"BadPort", map[string]string{"DATABASE_URL": "postgres://x/y", "API_PORT": "70000"}, "API_PORT"},
 		{"BadRate", map[string]string{"DATABASE_URL": "postgres://x/y", "ORG_SUBMIT_RATE": "0"}, "ORG_SUBMIT_RATE"},
 		{"BadLogFormat", map[string]string{"DATABASE_URL": "postgres://x/y", "LOG_FORMAT": "xml"}, "LOG_FORMAT"},
+		{"ShortCredentialKey", map[string]string{"DATABASE_URL": "postgres://x/y", "UPSTREAM_CREDENTIAL_KEYS": "c2l4dGVlbiBieXRlIGtleQ=="}, "UPSTREAM_CREDENTIAL_KEYS"},
 	}
 	for _, tt := range errTests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,6 +73,9 @@ func TestLoad(t *testing.T) {
 			_, err := LoadFrom(context.Background(), envconfig.MapLookuper(tt.env))
 			if err == nil || !strings.Contains(err.Error(), tt.mention) {
 				t.Fatalf("error = %v, want one naming %s", err, tt.mention)
+			}
+			if v := tt.env["UPSTREAM_CREDENTIAL_KEYS"]; v != "" && strings.Contains(err.Error(), v) {
+				t.Errorf("error shows the key: %q", err)
 			}
 			if strings.Contains(err.Error(), "\n") {
 				t.Errorf("error spans lines: %q", err)

@@ -142,8 +142,10 @@ type authEntry struct {
 // Authenticate returns middleware that requires an API key, as
 // "Authorization: Api-Key <key>" or "Authorization: Bearer <key>" (the
 // scheme is case-insensitive), and puts its organization in the request's
-// context (OrganizationID, and KeyFrom for its id, name and scope). A missing, malformed or unknown key is a 401;
-// an unreachable database a 503.
+// context (OrganizationID, and KeyFrom for its id, name and scope). A
+// missing, malformed or unknown key is a 401; an unreachable database a
+// 503. Two Authorization headers are a 400 (RepeatedHeader): which one
+// counts is for no one to guess.
 //
 // Successful lookups are cached in memory for TTL, keyed by the key's
 // SHA-256, never the key itself, so a busy client costs one database
@@ -168,6 +170,10 @@ func Authenticate(o AuthOptions) func(http.Handler) http.Handler {
 	}
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if len(r.Header.Values("Authorization")) > 1 {
+				WriteError(w, r, o.Logger, RepeatedHeader("Authorization"))
+				return
+			}
 			key, ok := apiKey(r.Header.Get("Authorization"))
 			if !ok {
 				w.Header().Set("WWW-Authenticate", `Api-Key, Bearer`)

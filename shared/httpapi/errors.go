@@ -17,10 +17,21 @@ import (
 // Error is an answer of the API itself, other than a success: an HTTP
 // status, a machine-readable code, a message written for the client, and
 // the request field at fault, if one is. Everything in it is safe to send.
+//
+// It is sent in the original API's ErrorResponse shape plus two fields of
+// ours:
+//
+//	{"error": Message, "error_code": ErrorCode(Status), "code": Code, "field": Field, "detail": Detail}
+//
+// with field and detail left out when empty.
 type Error struct {
-	Status  int
+	Status int
+	// Code is our fine-grained code, such as INVALID_FIELD; the coarse
+	// error_code the original API's clients switch on follows from Status.
 	Code    string
 	Message string
+	// Detail, when set, adds to Message.
+	Detail string
 	// Field names the body field (dotted for nested ones, such as
 	// "inference_retry_config.max_attempts") or header at fault; empty when
 	// no single field is.
@@ -58,8 +69,8 @@ var (
 	// function can return.
 	ErrResponseTooLarge = &Error{Status: http.StatusBadGateway, Code: "RESPONSE_TOO_LARGE",
 		Message: "the answer is larger than AWS Lambda can return (6 MiB); the webhook carries the output in full"}
-	ErrInvalid      = &Error{Status: http.StatusUnprocessableEntity, Code: "INVALID_FIELD", Message: "a field is invalid"}
-	ErrUnknownField = &Error{Status: http.StatusUnprocessableEntity, Code: "UNKNOWN_FIELD", Message: "unknown field"}
+	ErrInvalid      = &Error{Status: http.StatusBadRequest, Code: "INVALID_FIELD", Message: "a field is invalid"}
+	ErrUnknownField = &Error{Status: http.StatusBadRequest, Code: "UNKNOWN_FIELD", Message: "unknown field"}
 	ErrRateLimited  = &Error{Status: http.StatusTooManyRequests, Code: "RATE_LIMITED", Message: "too many requests for this organization; retry after the time in Retry-After"}
 	ErrUnavailable  = &Error{Status: http.StatusServiceUnavailable, Code: "SERVICE_UNAVAILABLE", Message: "the service is temporarily unavailable; retry after the time in Retry-After", RetryAfter: UnavailableRetryAfter}
 	errInternal     = &Error{Status: http.StatusInternalServerError, Code: "INTERNAL_ERROR", Message: "internal error"}
@@ -69,10 +80,10 @@ var (
 // cannot be reached.
 const UnavailableRetryAfter = 5 * time.Second
 
-// Invalid returns a 422 naming field, with message (which should name the
+// Invalid returns a 400 naming field, with message (which should name the
 // field too, so it reads on its own).
 func Invalid(field, message string) *Error {
-	return &Error{Status: http.StatusUnprocessableEntity, Code: ErrInvalid.Code, Field: field, Message: message}
+	return &Error{Status: http.StatusBadRequest, Code: ErrInvalid.Code, Field: field, Message: message}
 }
 
 // NotFound returns a 404 with message. Use one constant message per kind of
@@ -82,15 +93,45 @@ func NotFound(message string) *Error {
 	return &Error{Status: http.StatusNotFound, Code: ErrNotFound.Code, Message: message}
 }
 
-// errorBody is the JSON of every non-2xx answer.
-type errorBody struct {
-	Error errorDetail `json:"error"`
+// The values of the original API's ErrorResponse.error_code that this API
+// sends, spelled as that enum spells them.
+const (
+	ErrorCodeClient          = "client_error"
+	ErrorCodeUnauthorized    = "unauthorized"
+	ErrorCodePayloadTooLarge = "payload_too_large"
+	ErrorCodeRateLimited     = "rate_limited"
+	ErrorCodeInternal        = "internal_baseten_error"
+)
+
+// ErrorCode returns the original API's error_code for an answer of status:
+// client_error for other 4xx (400, 404, 405, 409, 415), and
+// internal_baseten_error for every 5xx.
+func ErrorCode(status int) string {
+	switch {
+	case status == http.StatusUnauthorized:
+		return ErrorCodeUnauthorized
+	case status == http.StatusRequestEntityTooLarge:
+		return ErrorCodePayloadTooLarge
+	case status == http.StatusTooManyRequests:
+		return ErrorCodeRateLimited
+	case status >= 400 && status < 500:
+		return ErrorCodeClient
+	}
+	return ErrorCodeInternal
 }
 
-type errorDetail struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-	Field   string `json:"field,omitempty"`
+// ErrorBody is the JSON of every non-2xx answer.
+type ErrorBody struct {
+	Error     string `json:"error"`
+	ErrorCode string `json:"error_code"`
+	Code      string `json:"code"`
+	Field     string `json:"field,omitempty"`
+	Detail    string `json:"detail,omitempty"`
+}
+
+// Body returns the JSON body e is sent as.
+func (e *Error) Body() ErrorBody {
+	return ErrorBody{Error: e.Message, ErrorCode: ErrorCode(e.Status), Code: e.Code, Field: e.Field, Detail: e.Detail}
 }
 
 // APIError maps any error to the answer it deserves. It is the one place
@@ -98,10 +139,10 @@ type errorDetail struct {
 //
 //   - an *Error is answered as it is;
 //   - postgres.ErrNotFound is a 404;
-//   - postgres.ErrIdempotencyMismatch is a 422 on Idempotency-Key, and
+//   - postgres.ErrIdempotencyMismatch is a 400 on Idempotency-Key, and
 //     postgres.ErrIdempotencyInFlight a 409;
 //   - the redelivery refusals of postgres.RequestWebhookRedeliver are 409s;
-//   - a *safehttp.URLError is a 422 on webhook_endpoint;
+//   - a *safehttp.URLError is a 400 on webhook_endpoint;
 //   - an unreachable database (postgres.IsUnavailable) or a timed-out
 //     request is a 503 with Retry-After;
 //   - anything else is a 500 with a generic message. The error itself is
@@ -118,7 +159,7 @@ func APIError(err error) (*Error, bool) {
 	case errors.Is(err, postgres.ErrNotFound):
 		return ErrNotFound, false
 	case errors.Is(err, postgres.ErrIdempotencyMismatch):
-		return &Error{Status: http.StatusUnprocessableEntity, Code: "IDEMPOTENCY_KEY_REUSED", Field: "Idempotency-Key",
+		return &Error{Status: http.StatusBadRequest, Code: "IDEMPOTENCY_KEY_REUSED", Field: "Idempotency-Key",
 			Message: "this Idempotency-Key was used in the last 24 h with a different request"}, false
 	case errors.Is(err, postgres.ErrIdempotencyInFlight):
 		return &Error{Status: http.StatusConflict, Code: "IDEMPOTENCY_KEY_IN_FLIGHT", Field: "Idempotency-Key",
@@ -156,7 +197,7 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(e.RetryAfter)))
 	}
-	Encode(w, e.Status, errorBody{Error: errorDetail{Code: e.Code, Message: e.Message, Field: e.Field}})
+	Encode(w, e.Status, e.Body())
 }
 
 // retryAfterSeconds rounds d up to whole seconds, at least 1.

@@ -1,10 +1,18 @@
 // Package httpapi is what the public API's handlers (submit and status)
-// share: the JSON encode and decode helpers, the error format and the one
-// mapping from errors to statuses, the middleware that reads the model from
-// the Host header or the path, API-key authentication, per-organization
-// rate limits, a router that answers unknown paths and wrong methods in the
-// API's JSON error format, and Mux, which serves submit and status together
-// the way the API gateway does.
+// share: the route table, the JSON encode and decode helpers, the error
+// format and the one mapping from errors to statuses, the middleware that
+// reads the model from the Host header or the path, API-key
+// authentication, per-organization rate limits, and the routers.
+//
+// Routes (routes.go) is the one table of the API's routes: method,
+// pattern, the function that serves it, the auth it needs, its scope
+// (which forms of model routing apply) and its handler's name. Each
+// function's New hands NewRouter its handlers by name; Mux serves both
+// functions on one listener (the dev harness, the API server) by the
+// table; the tests check template.yaml and the OpenAPI document against
+// it. To add a route: write the handler and add it to its function's
+// Handlers under a new name, add one Route, and add its events (one per
+// Route.Paths) to template.yaml.
 package httpapi
 
 import (
@@ -24,6 +32,15 @@ import (
 // counting the whole body, not only model_input.
 const MaxBodyBytesDefault = 256 << 10
 
+// RepeatedHeader answers a request that sends header more than once, where
+// it must be sent once (Authorization, Idempotency-Key): net/http and
+// proxies would each pick one, so the request is ambiguous. Nothing is
+// written.
+func RepeatedHeader(header string) *Error {
+	return &Error{Status: http.StatusBadRequest, Code: ErrInvalid.Code, Field: header,
+		Message: header + " is sent more than once; send it once"}
+}
+
 // Encode writes v as a JSON response with status.
 func Encode(w http.ResponseWriter, status int, v any) {
 	// Not HTML-escaped: the answer is JSON served with nosniff, and
@@ -38,7 +55,7 @@ func Encode(w http.ResponseWriter, status int, v any) {
 		// the API's format without echoing the error.
 		slog.Error("encode response", "error", err)
 		status = http.StatusInternalServerError
-		b = []byte(`{"error":{"code":"INTERNAL_ERROR","message":"internal error"}}`)
+		b = []byte(`{"error":"internal error","error_code":"internal_baseten_error","code":"INTERNAL_ERROR"}`)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -55,7 +72,7 @@ func Encode(w http.ResponseWriter, status int, v any) {
 //     body that is not a JSON object;
 //   - ErrUnknownField for a field v has no place for, with Field its dotted
 //     path (such as "inference_retry_config.max_attemps");
-//   - a 422 (ErrInvalid) naming the field whose value has the wrong type;
+//   - a 400 (ErrInvalid) naming the field whose value has the wrong type;
 //   - ErrContentEncoding for a compressed body (a Content-Encoding other
 //     than identity), which would otherwise read as malformed JSON.
 //
@@ -98,7 +115,7 @@ func DecodeBytes(body []byte, v any) error {
 			return &Error{Status: http.StatusBadRequest, Code: ErrMalformedJSON.Code, Message: "the request body has data after the JSON object"}
 		}
 		if path := unknownFieldPath(reflect.TypeOf(v), body); path != "" {
-			return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
+			return &Error{Status: http.StatusBadRequest, Code: ErrUnknownField.Code, Field: path,
 				Message: "unknown field " + strconv.Quote(path)}
 		}
 		if path := repeatedFieldPath(reflect.TypeOf(v), body); path != "" {
@@ -121,7 +138,7 @@ func DecodeBytes(body []byte, v any) error {
 		if path == "" {
 			path = strings.Trim(name, `"`)
 		}
-		return &Error{Status: http.StatusUnprocessableEntity, Code: ErrUnknownField.Code, Field: path,
+		return &Error{Status: http.StatusBadRequest, Code: ErrUnknownField.Code, Field: path,
 			Message: "unknown field " + strconv.Quote(path)}
 	}
 	return ErrMalformedJSON

@@ -43,6 +43,7 @@ func TestWithTarget(t *testing.T) {
 
 	model := func(id string) httpapi.Target { return httpapi.Target{Kind: postgres.KindModel, ID: id} }
 	chain := func(id string) httpapi.Target { return httpapi.Target{Kind: postgres.KindChain, ID: id} }
+	prefixed := func(t httpapi.Target) httpapi.Target { t.Prefixed = true; return t }
 	tests := []struct {
 		name     string
 		host     string
@@ -60,9 +61,9 @@ func TestWithTarget(t *testing.T) {
 		{name: "HostEmptyID", host: "model-.example.com", path: "/x", wantPath: "/x"},
 		{name: "HostBadID", host: "model-a%b.example.com", path: "/x", wantPath: "/x"},
 		{name: "OtherHost", host: "api.example.com", path: "/x", wantPath: "/x"},
-		{name: "ModelPath", host: "api.example.com", path: "/models/abc/production/async_predict", want: model("abc"), wantOK: true, wantPath: "/production/async_predict"},
-		{name: "ChainPath", host: "api.example.com", path: "/chains/c-1/async_request/ff", want: chain("c-1"), wantOK: true, wantPath: "/async_request/ff"},
-		{name: "PathWinsOverHost", host: "model-serving.example.com", path: "/chains/c1/development/async_run_remote", want: chain("c1"), wantOK: true, wantPath: "/development/async_run_remote"},
+		{name: "ModelPath", host: "api.example.com", path: "/models/abc/production/async_predict", want: prefixed(model("abc")), wantOK: true, wantPath: "/production/async_predict"},
+		{name: "ChainPath", host: "api.example.com", path: "/chains/c-1/async_request/ff", want: prefixed(chain("c-1")), wantOK: true, wantPath: "/async_request/ff"},
+		{name: "PathWinsOverHost", host: "model-serving.example.com", path: "/chains/c1/development/async_run_remote", want: prefixed(chain("c1")), wantOK: true, wantPath: "/development/async_run_remote"},
 		{name: "PathPrefixAlone", host: "api.example.com", path: "/models/abc", notFound: true},
 		{name: "PathPrefixBadID", host: "api.example.com", path: "/models/a.b/production/async_predict", notFound: true},
 		{name: "PathPrefixEmptyID", host: "api.example.com", path: "/models//production/async_predict", notFound: true},
@@ -117,18 +118,18 @@ func TestDecode(t *testing.T) {
 		{name: "String", body: `"x"`, status: 400, code: "MALFORMED_JSON"},
 		{name: "TrailingData", body: `{"model_input": 1} {}`, status: 400, code: "MALFORMED_JSON"},
 		{name: "TypeErrorThenSyntaxError", body: `{"priority": "x", `, status: 400, code: "MALFORMED_JSON"},
-		{name: "UnknownTopLevel", body: `{"model_input": 1, "priorty": 1}`, status: 422, code: "UNKNOWN_FIELD", field: "priorty"},
-		{name: "UnknownNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attemps": 3}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.max_attemps"},
-		{name: "UnknownNestedSameNameAsTopLevel", body: `{"model_input": 1, "inference_retry_config": {"priority": 1}}`, status: 422, code: "UNKNOWN_FIELD", field: "inference_retry_config.priority"},
-		{name: "WrongTypeString", body: `{"model_input": 1, "priority": "high"}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "WrongTypeFloat", body: `{"model_input": 1, "priority": 1.5}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "WrongTypeNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": true}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
-		{name: "WrongTypeObject", body: `{"model_input": 1, "inference_retry_config": 3}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config"},
-		{name: "WrongTypeURL", body: `{"model_input": 1, "webhook_endpoint": 5}`, status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
-		{name: "Overflow", body: `{"model_input": 1, "priority": 1e40}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "Repeated", body: `{"model_input": 1, "priority": 1, "priority": 2}`, status: 422, code: "INVALID_FIELD", field: "priority"},
-		{name: "RepeatedModelInput", body: `{"model_input": 1, "model_input": 2}`, status: 422, code: "INVALID_FIELD", field: "model_input"},
-		{name: "RepeatedNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attempts": 3}}`, status: 422, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "UnknownTopLevel", body: `{"model_input": 1, "priorty": 1}`, status: 400, code: "UNKNOWN_FIELD", field: "priorty"},
+		{name: "UnknownNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attemps": 3}}`, status: 400, code: "UNKNOWN_FIELD", field: "inference_retry_config.max_attemps"},
+		{name: "UnknownNestedSameNameAsTopLevel", body: `{"model_input": 1, "inference_retry_config": {"priority": 1}}`, status: 400, code: "UNKNOWN_FIELD", field: "inference_retry_config.priority"},
+		{name: "WrongTypeString", body: `{"model_input": 1, "priority": "high"}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "WrongTypeFloat", body: `{"model_input": 1, "priority": 1.5}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "WrongTypeNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": true}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
+		{name: "WrongTypeObject", body: `{"model_input": 1, "inference_retry_config": 3}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config"},
+		{name: "WrongTypeURL", body: `{"model_input": 1, "webhook_endpoint": 5}`, status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "Overflow", body: `{"model_input": 1, "priority": 1e40}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "Repeated", body: `{"model_input": 1, "priority": 1, "priority": 2}`, status: 400, code: "INVALID_FIELD", field: "priority"},
+		{name: "RepeatedModelInput", body: `{"model_input": 1, "model_input": 2}`, status: 400, code: "INVALID_FIELD", field: "model_input"},
+		{name: "RepeatedNested", body: `{"model_input": 1, "inference_retry_config": {"max_attempts": 2, "max_attempts": 3}}`, status: 400, code: "INVALID_FIELD", field: "inference_retry_config.max_attempts"},
 		{name: "RepeatedInsideModelInputIsTheModels", body: `{"model_input": {"a": 1, "a": 2}}`},
 	}
 	for _, tt := range tests {
@@ -207,15 +208,15 @@ func TestWriteError(t *testing.T) {
 		field      string
 		retryAfter string
 	}{
-		{name: "APIError", err: httpapi.Invalid("priority", "priority must be between 0 and 2"), status: 422, code: "INVALID_FIELD", field: "priority"},
+		{name: "APIError", err: httpapi.Invalid("priority", "priority must be between 0 and 2"), status: 400, code: "INVALID_FIELD", field: "priority"},
 		{name: "WrappedAPIError", err: fmt.Errorf("ctx: %w", httpapi.ErrMethodNotAllowed), status: 405, code: "METHOD_NOT_ALLOWED"},
 		{name: "NotFound", err: fmt.Errorf("get: %w", postgres.ErrNotFound), status: 404, code: "NOT_FOUND"},
-		{name: "IdempotencyMismatch", err: fmt.Errorf("insert: %w", postgres.ErrIdempotencyMismatch), status: 422, code: "IDEMPOTENCY_KEY_REUSED", field: "Idempotency-Key"},
+		{name: "IdempotencyMismatch", err: fmt.Errorf("insert: %w", postgres.ErrIdempotencyMismatch), status: 400, code: "IDEMPOTENCY_KEY_REUSED", field: "Idempotency-Key"},
 		{name: "IdempotencyInFlight", err: fmt.Errorf("insert: %w", postgres.ErrIdempotencyInFlight), status: 409, code: "IDEMPOTENCY_KEY_IN_FLIGHT", field: "Idempotency-Key"},
 		{name: "RedeliverNoWebhook", err: postgres.ErrRedeliverNoWebhook, status: 409, code: "NO_WEBHOOK_ENDPOINT"},
 		{name: "RedeliverNotFinal", err: postgres.ErrRedeliverNotFinal, status: 409, code: "REQUEST_NOT_FINISHED"},
 		{name: "RedeliverOutputGone", err: postgres.ErrRedeliverOutputGone, status: 409, code: "OUTPUT_EXPIRED"},
-		{name: "URLError", err: safehttp.CheckURL("http://example.com/hook", safehttp.Policy{}), status: 422, code: "INVALID_FIELD", field: "webhook_endpoint"},
+		{name: "URLError", err: safehttp.CheckURL("http://example.com/hook", safehttp.Policy{}), status: 400, code: "INVALID_FIELD", field: "webhook_endpoint"},
 		{name: "RateLimited", err: &httpapi.Error{Status: 429, Code: "RATE_LIMITED", Message: "slow down", RetryAfter: 1500 * time.Millisecond}, status: 429, code: "RATE_LIMITED", retryAfter: "2"},
 		{name: "DeadlineExceeded", err: fmt.Errorf("query: %w", context.DeadlineExceeded), status: 503, code: "SERVICE_UNAVAILABLE", retryAfter: "5"},
 		{name: "Unexpected", err: secret, status: 500, code: "INTERNAL_ERROR"},
@@ -308,6 +309,12 @@ func TestMux(t *testing.T) {
 		{"POST", "/async_request/abc/webhook", "status"},
 		{"GET", "/production/async_queue_status", "status"},
 		{"GET", "/unknown", "status"},
+		{"POST", "/async_predict", "submit"},
+		{"POST", "/async_run_remote", "submit"},
+		{"GET", "/async_queue_status", "status"},
+		{"POST", "/models/abc/async_predict", "status"}, // regional routes have no prefix form
+		{"POST", "//production/async_predict", "status"},
+		{"POST", "/production/async_predict/", "status"},
 	}
 	for _, tt := range tests {
 		t.Run(strings.ReplaceAll(tt.method+tt.path, "/", "_"), func(t *testing.T) {
@@ -507,7 +514,7 @@ func FuzzDecodeBytes(f *testing.F) {
 		}
 		switch {
 		case apiErr.Status == http.StatusBadRequest && apiErr.Code == "MALFORMED_JSON" && apiErr.Field == "":
-		case apiErr.Status == http.StatusUnprocessableEntity && apiErr.Field != "" && apiErr.Message != "":
+		case apiErr.Status == http.StatusBadRequest && apiErr.Field != "" && apiErr.Message != "":
 		case apiErr.Code == "UNKNOWN_FIELD" && apiErr.Field == "" && apiErr.Message == `unknown field ""`: // {"": ...}
 		default:
 			t.Fatalf("%q: answered %+v", body, apiErr)

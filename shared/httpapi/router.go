@@ -2,7 +2,6 @@ package httpapi
 
 import (
 	"net/http"
-	"path"
 	"strings"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
@@ -21,8 +20,7 @@ type Router struct {
 func (rt *Router) Handle(pattern string, h http.Handler) { rt.mux.Handle(pattern, h) }
 
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	p := r.URL.Path
-	if p == "" || p[0] != '/' || (p != "/" && (path.Clean(p) != p || strings.HasSuffix(p, "/"))) {
+	if !cleanPath(r.URL.Path) {
 		WriteError(w, r, nil, ErrNotFound)
 		return
 	}
@@ -53,18 +51,9 @@ func (rec *recorder) Header() http.Header         { return rec.header }
 func (rec *recorder) Write(b []byte) (int, error) { return len(b), nil }
 func (rec *recorder) WriteHeader(status int)      { rec.status = status }
 
-// DeploymentPaths are the four ways a URL names a deployment of its target,
-// before the action (/async_predict, /async_queue_status, ...).
-var DeploymentPaths = []string{"/production", "/development", "/environments/{env}", "/deployment/{deployment_id}"}
-
-// SubmitActions are the submit actions, by the kind of target each takes.
-var SubmitActions = map[string]postgres.ModelKind{
-	"/async_predict":    postgres.KindModel,
-	"/async_run_remote": postgres.KindChain,
-}
-
 // DeploymentTarget reads which deployment r names, for a route registered
-// with one of DeploymentPaths: an environment (production, development, or
+// with a deployment path (/production, /development, /environments/{env},
+// /deployment/{deployment_id}): an environment (production, development, or
 // {env}) or a deployment id.
 func DeploymentTarget(r *http.Request, org int64, t Target) postgres.DeploymentTarget {
 	dt := postgres.DeploymentTarget{OrganizationID: org, ModelID: t.ID, Kind: t.Kind}
@@ -77,22 +66,4 @@ func DeploymentTarget(r *http.Request, org int64, t Target) postgres.DeploymentT
 		dt.Environment, _, _ = strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
 	}
 	return dt
-}
-
-// Mux serves submit and status on one listener, the way the API gateway
-// routes them: a POST whose path ends in /async_predict or
-// /async_run_remote goes to submit, everything else to status, which
-// answers unknown paths with the API's 404.
-func Mux(submit, status http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost {
-			for action := range SubmitActions {
-				if strings.HasSuffix(r.URL.Path, action) {
-					submit.ServeHTTP(w, r)
-					return
-				}
-			}
-		}
-		status.ServeHTTP(w, r)
-	})
 }

@@ -13,7 +13,11 @@ import (
 // Target is the model or chain a request's URL names.
 type Target struct {
 	Kind postgres.ModelKind
-	ID   string
+	// ID is the model or chain id; on a regional route (IsRegional), the
+	// Host's "{model_id}-{env}" until ResolveDeployment splits it.
+	ID string
+	// Prefixed reports a target named by a path prefix, not the Host.
+	Prefixed bool
 }
 
 // IsChain reports whether the target is a chain.
@@ -83,7 +87,7 @@ func targetFromPath(path string) (t Target, rest string, prefixed bool) {
 		if !ok || !modelIDPattern.MatchString(id) {
 			return Target{}, "", true
 		}
-		return Target{Kind: p.kind, ID: id}, "/" + rest, true
+		return Target{Kind: p.kind, ID: id, Prefixed: true}, "/" + rest, true
 	}
 	return Target{}, path, false
 }
@@ -110,4 +114,27 @@ func targetFromHost(host string) (Target, bool) {
 		}
 	}
 	return Target{}, false
+}
+
+// ResolveDeployment returns the deployment that r names for target t of
+// organization org, and t with its ID resolved. On a deployment route it
+// reads the path (DeploymentTarget). On a regional route (IsRegional) the
+// Host label "{model_id}-{env}" is split against what exists: the longest
+// model id of the organization for which the rest of the label is one of
+// its environments wins, so model-example-chain-production names model
+// example-chain's production, and model "example" with an environment
+// "chain-production" would lose to it. postgres.ErrNotFound when nothing
+// matches.
+func ResolveDeployment(ctx context.Context, db *postgres.DB, r *http.Request, org int64, t Target) (Target, postgres.Deployment, error) {
+	if !IsRegional(r) {
+		dep, err := db.DeploymentResolve(ctx, DeploymentTarget(r, org, t))
+		return t, dep, err
+	}
+	dep, _, err := db.DeploymentResolveRegional(ctx, postgres.DeploymentResolveRegionalParams{
+		OrganizationID: org, Kind: t.Kind, Label: t.ID})
+	if err != nil {
+		return t, dep, err
+	}
+	t.ID = dep.ModelID
+	return t, dep, nil
 }

@@ -13,6 +13,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/openasync/asyncrequest/shared/credential"
 )
 
 // Organization is a tenant.
@@ -158,12 +160,15 @@ func (db *DB) ModelCreate(ctx context.Context, m Model) error {
 
 // Deployment is a deployment of a model.
 type Deployment struct {
-	ID                 string
-	ModelID            string
-	URL                string
-	Environments       []string
-	MaxConcurrency     int
-	UpstreamCredential string // empty when none
+	ID             string
+	ModelID        string
+	URL            string
+	Environments   []string
+	MaxConcurrency int
+	// UpstreamCredential is what the processor sends the model as its
+	// Authorization (empty: none). DeploymentCreate stores it sealed
+	// (DB.Credentials); it is never read back into a Deployment.
+	UpstreamCredential string
 }
 
 // DeploymentCreate creates (or updates, for the same model) a deployment and
@@ -179,9 +184,13 @@ func (db *DB) DeploymentCreate(ctx context.Context, organizationID int64, d Depl
 		if err != nil {
 			return fmt.Errorf("create deployment: %w", err)
 		}
+		sealed, err := db.Credentials.Seal(d.UpstreamCredential, d.ID)
+		if err != nil {
+			return fmt.Errorf("create deployment %q: %w", d.ID, err)
+		}
 		var cred *string
-		if d.UpstreamCredential != "" {
-			cred = &d.UpstreamCredential
+		if sealed != "" {
+			cred = &sealed
 		}
 		tag, err := tx.Exec(ctx, `
 			INSERT INTO deployments (id, model_id, url, max_concurrency, upstream_credential)
@@ -229,22 +238,21 @@ func (db *DB) DeploymentResolve(ctx context.Context, t DeploymentTarget) (Deploy
 		return Deployment{}, ErrNotFound
 	}
 	var d Deployment
-	var cred *string
 	var err error
 	if t.DeploymentID != "" {
 		err = db.Pool.QueryRow(ctx, `
-			SELECT d.id, d.model_id, d.url, d.max_concurrency, d.upstream_credential
+			SELECT d.id, d.model_id, d.url, d.max_concurrency
 			FROM deployments d JOIN models m ON m.id = d.model_id
 			WHERE d.id = $1 AND d.model_id = $2 AND m.organization_id = $3 AND m.kind = $4`,
-			t.DeploymentID, t.ModelID, t.OrganizationID, t.Kind).Scan(&d.ID, &d.ModelID, &d.URL, &d.MaxConcurrency, &cred)
+			t.DeploymentID, t.ModelID, t.OrganizationID, t.Kind).Scan(&d.ID, &d.ModelID, &d.URL, &d.MaxConcurrency)
 	} else {
 		err = db.Pool.QueryRow(ctx, `
-			SELECT d.id, d.model_id, d.url, d.max_concurrency, d.upstream_credential
+			SELECT d.id, d.model_id, d.url, d.max_concurrency
 			FROM environments e
 			JOIN deployments d ON d.id = e.deployment_id
 			JOIN models m ON m.id = e.model_id
 			WHERE e.model_id = $1 AND e.name = $2 AND m.organization_id = $3 AND m.kind = $4`,
-			t.ModelID, t.Environment, t.OrganizationID, t.Kind).Scan(&d.ID, &d.ModelID, &d.URL, &d.MaxConcurrency, &cred)
+			t.ModelID, t.Environment, t.OrganizationID, t.Kind).Scan(&d.ID, &d.ModelID, &d.URL, &d.MaxConcurrency)
 	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Deployment{}, ErrNotFound
@@ -252,10 +260,67 @@ func (db *DB) DeploymentResolve(ctx context.Context, t DeploymentTarget) (Deploy
 	if err != nil {
 		return Deployment{}, fmt.Errorf("resolve deployment: %w", err)
 	}
-	if cred != nil {
-		d.UpstreamCredential = *cred
-	}
 	return d, nil
+}
+
+// UpstreamCredentialOpen returns the plain upstream credential of a claimed
+// request's deployment (empty when it has none). This is the one place a
+// stored credential is decrypted.
+func (db *DB) UpstreamCredentialOpen(c ClaimedRequest) (string, error) {
+	plain, err := db.Credentials.Open(c.UpstreamCredential, c.DeploymentID)
+	if err != nil {
+		return "", fmt.Errorf("deployment %q: %w", c.DeploymentID, err)
+	}
+	return plain, nil
+}
+
+// DeploymentCredentialsReencrypt seals every stored upstream credential
+// under the first key of DB.Credentials (credential rotation), and seals
+// any stored in plain text before credentials were encrypted. It returns
+// how many it rewrote. It runs in one transaction: a credential that does
+// not open under any configured key leaves them all as they were.
+func (db *DB) DeploymentCredentialsReencrypt(ctx context.Context) (int, error) {
+	if db.Credentials == nil {
+		return 0, fmt.Errorf("re-encrypt credentials: %w", credential.ErrNoKey)
+	}
+	n := 0
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `
+			SELECT id, upstream_credential FROM deployments
+			WHERE upstream_credential IS NOT NULL ORDER BY id FOR UPDATE`)
+		if err != nil {
+			return err
+		}
+		type stored struct{ ID, Value string }
+		all, err := pgx.CollectRows(rows, pgx.RowToStructByPos[stored])
+		if err != nil {
+			return err
+		}
+		for _, s := range all {
+			if db.Credentials.Current(s.Value) {
+				continue
+			}
+			plain := s.Value
+			if credential.IsSealed(s.Value) {
+				if plain, err = db.Credentials.Open(s.Value, s.ID); err != nil {
+					return fmt.Errorf("deployment %q: %w", s.ID, err)
+				}
+			}
+			sealed, err := db.Credentials.Seal(plain, s.ID)
+			if err != nil {
+				return fmt.Errorf("deployment %q: %w", s.ID, err)
+			}
+			if _, err := tx.Exec(ctx, `UPDATE deployments SET upstream_credential = $2 WHERE id = $1`, s.ID, sealed); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("re-encrypt credentials: %w", err)
+	}
+	return n, nil
 }
 
 // WebhookSecretOverlapDefault is how long a rotated-out secret keeps signing.

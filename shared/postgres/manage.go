@@ -628,3 +628,19 @@ func (db *DB) ModelUpdateName(ctx context.Context, organizationID int64, id, nam
 	}
 	return nil
 }
+
+// notify wakes processors and deliverers from inside tx, as the management
+// writes did before Notify moved the wake-ups after the commit.
+func notify(ctx context.Context, tx querier, processors, deliverers bool) error {
+	if processors {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel); err != nil {
+			return err
+		}
+	}
+	if deliverers {
+		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/openasync/asyncrequest/shared/credential"
 )
 
 // DB is a pgx pool with the service's queries as methods.
@@ -26,6 +28,9 @@ type DB struct {
 	// OutputRetention is how long an output is kept after its webhook is
 	// delivered or failed. Default OutputRetentionDefault.
 	OutputRetention time.Duration
+	// Credentials seals deployments' upstream credentials; nil when no key
+	// is configured, and then no deployment may be given one.
+	Credentials *credential.Keyring
 }
 
 const (

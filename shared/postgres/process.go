@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"slices"
 	"time"
 
@@ -82,24 +81,6 @@ func queryWith[T any](ctx context.Context, q batchSender, settings string, fn pg
 	return got, err
 }
 
-// RetryDelay is how long a request waits after its failed attempt number
-// attempt (1-based): initial * 2^(attempt-1), capped at max. With the API's
-// defaults (1 s, 5 s) the schedule is 1 s, 2 s, 4 s, 5 s, 5 s, ...; an
-// initial delay of 0 retries at once. Attempts below 1 count as 1.
-func RetryDelay(attempt int, initial, max time.Duration) time.Duration {
-	if initial <= 0 || max <= 0 {
-		return 0
-	}
-	d := initial
-	for i := 1; i < attempt; i++ {
-		if d >= max || d > math.MaxInt64/2 {
-			return max
-		}
-		d *= 2
-	}
-	return min(d, max)
-}
-
 // ClaimedRequest is a request a processor holds the lease on, with what it
 // needs to call the model.
 type ClaimedRequest struct {
@@ -108,8 +89,8 @@ type ClaimedRequest struct {
 	DeploymentID string
 	IsChain      bool
 	Priority     int
-	// URL is the deployment's base URL; UpstreamCredential is empty when the
-	// deployment has none.
+	// URL is the deployment's base URL; UpstreamCredential is its sealed
+	// credential (DB.UpstreamCredentialOpen), empty when it has none.
 	URL                string
 	UpstreamCredential string
 	Input              []byte
@@ -137,7 +118,9 @@ type RequestClaimParams struct {
 // RequestClaimBatch moves up to Limit due requests to IN_PROGRESS for Owner
 // in one statement, counting the attempt, and returns them in claim order:
 // priority, due time, id. A request is due when it is QUEUED, its due time
-// has come and its queue deadline has not. No deployment gets more
+// has come, its queue deadline has not, and its deployment is not paused
+// (a paused deployment's queue waits, its deadlines still running out: the
+// expiry sweep is not held back). No deployment gets more
 // IN_PROGRESS requests than its max_concurrency, whatever the number of
 // processors: claims are serialized by an advisory lock held for the claim's
 // short transaction. Rows locked by a concurrent cancel are skipped, and the
@@ -184,6 +167,7 @@ func (db *DB) RequestClaimBatch(ctx context.Context, p RequestClaimParams) ([]Cl
 						ORDER BY ip.lease_expires_at
 						LIMIT d.max_concurrency) running)))
 			) q
+			WHERE NOT d.paused
 			ORDER BY q.priority, q.due_at, q.id
 			LIMIT $2
 		), locked AS (
@@ -277,6 +261,11 @@ type AttemptOutcome struct {
 	// last recorded error is not appended again, so a long back-pressure wait
 	// leaves one entry, not one per poll.
 	Uncount bool
+	// StartedAt and FinishedAt bound the model call, for the attempt's
+	// history row; zero means the claim's start and the write's time.
+	StartedAt, FinishedAt time.Time
+	// HTTPStatus is the model's answer; 0 when there was none.
+	HTTPStatus int
 }
 
 // RecordedOutcome is an outcome that was recorded.
@@ -284,15 +273,20 @@ type RecordedOutcome struct {
 	ID           requestid.ID
 	State        RequestState
 	WebhookState WebhookState
+	// DueNow: the request is QUEUED and due at once.
+	DueNow bool
 }
 
 // RequestCompleteBatch records the outcomes of attempts Owner holds the
 // lease on, in one statement, and returns those it recorded: an outcome for
 // a request whose lease was reclaimed meanwhile is ignored, so a processor
 // that lost its lease can't overwrite the newer attempt. Final states
-// (SUCCEEDED, FAILED) drop the input, set the retention times and, for a
-// request with a pending webhook, queue its delivery in the same statement
-// and wake the deliverers when the transaction commits.
+// (SUCCEEDED, FAILED) set the retention times; SUCCEEDED drops the input,
+// FAILED keeps it (so the request can be retried) until the output's
+// retention ends (see RetentionPurge); and, for a
+// request with a pending webhook, queue its delivery in the same statement.
+// It sends no notification: send NoticeOf(recorded) with Notify once it
+// returns.
 func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes []AttemptOutcome) ([]RecordedOutcome, error) {
 	if len(outcomes) == 0 {
 		return nil, nil
@@ -309,10 +303,10 @@ func (db *DB) RequestCompleteBatch(ctx context.Context, owner string, outcomes [
 }
 
 // completeAttempts applies outcomes, each guarded by its expected lease
-// owner, in one statement that also queues the webhooks and sends the
-// wake-ups the new states call for (delivered on commit): the deliverers'
-// when a webhook was queued, the processors' when a request is due again
-// at once.
+// owner, in one statement that also writes each model answer's
+// request_attempts row (processor: the lease owner) and queues the
+// webhooks. Its wake-ups are the caller's (NoticeOf, Notify), after the
+// commit.
 //
 // A request has a lease owner exactly while it is IN_PROGRESS: the claim
 // sets both, and every way out of IN_PROGRESS (this statement, for
@@ -330,8 +324,18 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 	errs := make([]string, n)
 	delays := make([]float64, n)
 	uncount := make([]bool, n)
+	started := make([]*time.Time, n)
+	ended := make([]*time.Time, n)
+	statuses := make([]int32, n)
 	for i, o := range outcomes {
 		ids[i], states[i], delays[i], uncount[i] = o.ID, string(o.State), o.Delay.Seconds(), o.Uncount
+		statuses[i] = int32(o.HTTPStatus)
+		if !o.StartedAt.IsZero() {
+			started[i] = &o.StartedAt
+		}
+		if !o.FinishedAt.IsZero() {
+			ended[i] = &o.FinishedAt
+		}
 		if o.State == StateSucceeded {
 			outputs[i] = o.Output
 		}
@@ -345,8 +349,9 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 	}
 	return queryByKey(ctx, q, scanRecorded, `
 		WITH o AS (
-			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[])
-				AS o(id, owner, state, output, error, delay_s, uncount)
+			SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::float8[], $7::bool[],
+				$10::timestamptz[], $11::timestamptz[], $12::int[])
+				AS o(id, owner, state, output, error, delay_s, uncount, started_at, finished_at, http_status)
 		), done AS (
 			UPDATE async_requests r SET
 				state = o.state,
@@ -358,48 +363,39 @@ func (db *DB) completeAttempts(ctx context.Context, q batchSender, owners []stri
 				due_at = CASE WHEN o.state = 'QUEUED' THEN now() + make_interval(secs => o.delay_s) ELSE r.due_at END,
 				lease_owner = NULL, lease_expires_at = NULL, status_at = now(),
 				output = o.output,
-				input = CASE WHEN o.state = 'QUEUED' THEN r.input END,
+				input = CASE WHEN o.state IN ('QUEUED', 'FAILED') THEN r.input END,
 				finished_at = CASE WHEN o.state <> 'QUEUED' THEN now() END,
 				purge_at = CASE WHEN o.state <> 'QUEUED' THEN now() + make_interval(secs => $8) END,
 				output_expires_at = CASE WHEN o.state <> 'QUEUED' AND r.webhook_state <> 'PENDING'
 					THEN now() + make_interval(secs => $9) END
 			FROM o
 			WHERE r.id = ANY($1) AND r.id = o.id AND r.lease_owner = o.owner
-			RETURNING r.id, r.state, r.webhook_state, r.due_at <= now() AS due
+			RETURNING r.id, r.state, r.webhook_state, r.due_at <= now() AS due,
+				r.attempts + CASE WHEN o.uncount THEN 1 ELSE 0 END AS number, NOT o.uncount AS counted,
+				coalesce(o.started_at, r.started_at, now()) AS attempt_started_at, o.finished_at AS attempt_finished_at,
+				o.http_status, o.error, o.owner
+		), history AS (
+			-- One row per model answer: a hand-back (uncounted, no error)
+			-- is no answer.
+			INSERT INTO request_attempts (request_id, number, counted, started_at, finished_at, http_status, code, message, processor)
+			SELECT id, number, counted, attempt_started_at, coalesce(attempt_finished_at, now()), nullif(http_status, 0),
+				nullif(error, '')::jsonb ->> 'code', nullif(error, '')::jsonb ->> 'message', owner
+			FROM done
+			WHERE counted OR error <> ''
 		), hooks AS (
 			INSERT INTO webhook_deliveries (request_id, state, due_at)
 			SELECT id, 'PENDING', now() FROM done WHERE state <> 'QUEUED' AND webhook_state = 'PENDING'
-			RETURNING request_id
-		), wake AS (
-			SELECT pg_notify($10, '') FROM (SELECT FROM hooks LIMIT 1) h
-			UNION ALL
-			SELECT pg_notify($11, '') FROM (SELECT FROM done WHERE state = 'QUEUED' AND due LIMIT 1) d
 		)
-		SELECT id, state, webhook_state FROM done
-		WHERE (SELECT count(*) FROM wake) >= 0 -- runs wake, once`,
+		SELECT id, state, webhook_state, state = 'QUEUED' AND due FROM done`,
 		ids, owners, states, outputs, errs, delays, uncount,
-		db.statusRetention().Seconds(), db.outputRetention().Seconds(), WebhookWakeChannel, WakeChannel)
+		db.statusRetention().Seconds(), db.outputRetention().Seconds(),
+		started, ended, statuses)
 }
 
 func scanRecorded(row pgx.CollectableRow) (RecordedOutcome, error) {
 	var r RecordedOutcome
-	err := row.Scan(&r.ID, &r.State, &r.WebhookState)
+	err := row.Scan(&r.ID, &r.State, &r.WebhookState, &r.DueNow)
 	return r, err
-}
-
-// notify sends the wake-ups asked for; they are delivered on commit.
-func notify(ctx context.Context, tx querier, processors, deliverers bool) error {
-	if processors {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel); err != nil {
-			return err
-		}
-	}
-	if deliverers {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // LostRequest is a request whose processor's lease ran out, as the reclaim
@@ -411,12 +407,30 @@ type LostRequest struct {
 	Attempt      int
 }
 
+// LostAttempt is what a RetryFunc knows of an attempt whose processor was
+// lost.
+type LostAttempt struct {
+	Attempt, MaxAttempts   int
+	InitialDelay, MaxDelay time.Duration
+}
+
+// RequestReclaimLostParams says how many lost requests to reclaim and
+// what becomes of them.
+type RequestReclaimLostParams struct {
+	Limit int
+	// Retry decides whether a lost attempt is retried, and after what
+	// delay (the retry policy: shared/retry).
+	Retry func(LostAttempt) (delay time.Duration, again bool)
+}
+
 // RequestReclaimLost records a failed attempt (INTERNAL_SERVER_ERROR,
-// "processor lost") for up to limit IN_PROGRESS requests whose lease ran
+// "processor lost") for up to Limit IN_PROGRESS requests whose lease ran
 // out: the processor was killed or cut off. Each goes back to QUEUED after
-// its retry delay, or to FAILED when it has no attempts left. Any processor
-// may run it; rows another sweep is working on are skipped.
-func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest, error) {
+// the delay Retry gives, or to FAILED when Retry says no. Any process
+// may run it; rows another sweep is working on are skipped. Like
+// RequestCompleteBatch it sends no notification (see NoticeOf).
+func (db *DB) RequestReclaimLost(ctx context.Context, p RequestReclaimLostParams) ([]LostRequest, error) {
+	limit := p.Limit
 	var lost []LostRequest
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		// Each deployment's running requests are probed in the order of
@@ -463,9 +477,9 @@ func (db *DB) RequestReclaimLost(ctx context.Context, limit int) ([]LostRequest,
 			o := AttemptOutcome{ID: l.ID, State: StateFailed, Error: &AttemptError{
 				Code: CodeInternalServerError, Message: "processor lost: its lease ran out before the attempt finished",
 			}}
-			if l.Attempt < maxAttempts {
-				o.State = StateQueued
-				o.Delay = RetryDelay(l.Attempt, time.Duration(initialMS)*time.Millisecond, time.Duration(maxMS)*time.Millisecond)
+			if delay, again := p.Retry(LostAttempt{Attempt: l.Attempt, MaxAttempts: maxAttempts,
+				InitialDelay: time.Duration(initialMS) * time.Millisecond, MaxDelay: time.Duration(maxMS) * time.Millisecond}); again {
+				o.State, o.Delay = StateQueued, delay
 			}
 			owners, outcomes = append(owners, owner), append(outcomes, o)
 			found[l.ID] = l
@@ -503,7 +517,9 @@ type ExpiredRequest struct {
 
 // RequestExpireBatch moves up to limit QUEUED requests whose queue deadline
 // has passed to EXPIRED, keeping the errors seen so far, with the same side
-// effects as any final state: input dropped, retention set, webhook queued.
+// effects as FAILED: input kept for a retry until the output's retention
+// ends, retention set, webhook queued. Like RequestCompleteBatch it sends
+// no notification (see NoticeOf).
 // It returns the expired requests. The rows are locked (and their state
 // checked again on the newest version) by the inner query, then updated by
 // primary key: a join the planner could turn inside out, with statistics
@@ -514,7 +530,7 @@ func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredReque
 		rows, err := tx.Query(ctx, `
 			WITH done AS (
 				UPDATE async_requests r SET
-					state = 'EXPIRED', status_at = now(), finished_at = now(), input = NULL,
+					state = 'EXPIRED', status_at = now(), finished_at = now(),
 					purge_at = now() + make_interval(secs => $2),
 					output_expires_at = CASE WHEN r.webhook_state <> 'PENDING' THEN now() + make_interval(secs => $3) END
 				WHERE r.id = ANY (ARRAY(
@@ -542,8 +558,7 @@ func (db *DB) RequestExpireBatch(ctx context.Context, limit int) ([]ExpiredReque
 		if err != nil {
 			return err
 		}
-		hooks := slices.ContainsFunc(expired, func(r ExpiredRequest) bool { return r.WebhookState == WebhookPending })
-		return notify(ctx, tx, false, hooks)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("expire requests: %w", err)
@@ -563,7 +578,8 @@ type PurgeCounts struct {
 }
 
 // RetentionPurge deletes up to limit request rows past their purge time, clears
-// up to limit outputs past their retention, and deletes up to limit
+// up to limit outputs past their retention (and the inputs kept with them
+// for a retry of a FAILED or EXPIRED request), and deletes up to limit
 // idempotency keys older than IdempotencyWindow, oldest first. The order
 // also keeps the planner on the retention indexes: without it, statistics
 // that predate the finished rows can make a sequential scan of the whole
@@ -578,7 +594,7 @@ func (db *DB) RetentionPurge(ctx context.Context, limit int) (PurgeCounts, error
 	}
 	c.Requests = tag.RowsAffected()
 	tag, err = db.Pool.Exec(ctx, `
-		UPDATE async_requests SET output = NULL, output_expires_at = NULL WHERE id IN (
+		UPDATE async_requests SET output = NULL, input = NULL, output_expires_at = NULL WHERE id IN (
 			SELECT id FROM async_requests WHERE output_expires_at < now() ORDER BY output_expires_at LIMIT $1)`, limit)
 	if err != nil {
 		return c, fmt.Errorf("purge outputs: %w", err)

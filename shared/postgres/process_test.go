@@ -2,8 +2,6 @@ package postgres_test
 
 import (
 	"context"
-	"fmt"
-	"math"
 	"sync"
 	"testing"
 	"time"
@@ -13,35 +11,9 @@ import (
 	"github.com/openasync/asyncrequest/shared/requestid"
 )
 
-func TestRetryDelay(t *testing.T) {
-	t.Parallel()
-	const s = time.Second
-	tests := []struct {
-		attempt      int
-		initial, max time.Duration
-		want         time.Duration
-	}{
-		{attempt: 1, initial: s, max: 5 * s, want: s},
-		{attempt: 2, initial: s, max: 5 * s, want: 2 * s},
-		{attempt: 3, initial: s, max: 5 * s, want: 4 * s},
-		{attempt: 4, initial: s, max: 5 * s, want: 5 * s},
-		{attempt: 10, initial: s, max: 5 * s, want: 5 * s},
-		{attempt: 1000, initial: 10 * s, max: 60 * s, want: 60 * s},
-		{attempt: 0, initial: s, max: 5 * s, want: s},
-		{attempt: 3, initial: 0, max: 5 * s, want: 0},
-		{attempt: 3, initial: s, max: 0, want: 0},
-		{attempt: 1, initial: 8 * s, max: 3 * s, want: 3 * s},
-		{attempt: 7, initial: 250 * time.Millisecond, max: 60 * s, want: 16 * s},
-		{attempt: 80, initial: s, max: math.MaxInt64, want: math.MaxInt64},
-	}
-	for _, tt := range tests {
-		t.Run(fmt.Sprintf("Attempt%dInitial%vMax%v", tt.attempt, tt.initial, tt.max), func(t *testing.T) {
-			t.Parallel()
-			if got := postgres.RetryDelay(tt.attempt, tt.initial, tt.max); got != tt.want {
-				t.Errorf("RetryDelay(%d, %v, %v) = %v, want %v", tt.attempt, tt.initial, tt.max, got, tt.want)
-			}
-		})
-	}
+// retryLost retries a lost attempt after a second while attempts remain.
+func retryLost(l postgres.LostAttempt) (time.Duration, bool) {
+	return time.Second, l.Attempt < l.MaxAttempts
 }
 
 // processSetup gives a database with one organization and a deployment of
@@ -275,6 +247,178 @@ func TestSweeps(t *testing.T) {
 	})
 }
 
+// TestAttemptHistory: each model answer recorded by a completion batch, and
+// each lost-lease reclaim, writes its request_attempts row in the same
+// statement; a hand-back and an outcome whose lease was lost write none.
+func TestAttemptHistory(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	if _, err := db.Pool.Exec(ctx, `UPDATE deployments SET max_concurrency = 10`); err != nil {
+		t.Fatal(err)
+	}
+	ok, retried, waited, handed, stolen, lost := submit(), submit(), submit(), submit(), submit(), submit()
+	if claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p1", Limit: 6, LeaseDuration: time.Minute}); err != nil || len(claimed) != 6 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET lease_owner = 'p2' WHERE id = $1`, stolen); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now().Add(-time.Second).Truncate(time.Microsecond)
+	ended := began.Add(250 * time.Millisecond)
+	rec, err := db.RequestCompleteBatch(ctx, "p1", []postgres.AttemptOutcome{
+		{ID: ok, State: postgres.StateSucceeded, Output: []byte(`1`), HTTPStatus: 200, StartedAt: began, FinishedAt: ended},
+		{ID: retried, State: postgres.StateQueued, Delay: time.Hour, HTTPStatus: 503,
+			Error: &postgres.AttemptError{Code: postgres.CodeModelUnavailable, Message: "model answered 503"}},
+		{ID: waited, State: postgres.StateQueued, Uncount: true, Delay: time.Hour, HTTPStatus: 429,
+			Error: &postgres.AttemptError{Code: postgres.CodeModelNotReady, Message: "model answered 429"}},
+		{ID: handed, State: postgres.StateQueued, Uncount: true},
+		{ID: stolen, State: postgres.StateSucceeded, Output: []byte(`2`), HTTPStatus: 200},
+	})
+	if err != nil || len(rec) != 4 {
+		t.Fatalf("complete: %v, %d recorded", err, len(rec))
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET lease_expires_at = now() - interval '1 second' WHERE id = $1`, lost); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := db.RequestReclaimLost(ctx, postgres.RequestReclaimLostParams{Limit: 100, Retry: retryLost}); err != nil || len(l) != 1 {
+		t.Fatalf("reclaim: %v, %d", err, len(l))
+	}
+
+	type row struct {
+		number            int
+		counted           bool
+		status            *int
+		code, message     *string
+		processor         string
+		started, finished time.Time
+	}
+	rows, err := db.Pool.Query(ctx, `SELECT request_id, number, counted, http_status, code, message, processor, started_at, finished_at
+		FROM request_attempts ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[requestid.ID][]row{}
+	for rows.Next() {
+		var id requestid.ID
+		var r row
+		if err := rows.Scan(&id, &r.number, &r.counted, &r.status, &r.code, &r.message, &r.processor, &r.started, &r.finished); err != nil {
+			t.Fatal(err)
+		}
+		got[id] = append(got[id], r)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 4 || len(got[handed]) != 0 || len(got[stolen]) != 0 {
+		t.Fatalf("history rows for %d requests (hand-back %d, lost lease %d); want 4, 0, 0", len(got), len(got[handed]), len(got[stolen]))
+	}
+	str := func(p *string) string {
+		if p == nil {
+			return "<nil>"
+		}
+		return *p
+	}
+	num := func(p *int) int {
+		if p == nil {
+			return 0
+		}
+		return *p
+	}
+	for _, c := range []struct {
+		id        requestid.ID
+		number    int
+		counted   bool
+		status    int
+		code      string
+		processor string
+	}{
+		{ok, 1, true, 200, "<nil>", "p1"},
+		{retried, 1, true, 503, postgres.CodeModelUnavailable, "p1"},
+		{waited, 1, false, 429, postgres.CodeModelNotReady, "p1"},
+		{lost, 1, true, 0, postgres.CodeInternalServerError, "p1"},
+	} {
+		rs := got[c.id]
+		if len(rs) != 1 {
+			t.Errorf("%s: %d history rows, want 1", c.id, len(rs))
+			continue
+		}
+		r := rs[0]
+		if r.number != c.number || r.counted != c.counted || num(r.status) != c.status || str(r.code) != c.code || r.processor != c.processor {
+			t.Errorf("%s: history number %d, counted %v, status %d, code %s, processor %s; want %d, %v, %d, %s, %s",
+				c.id, r.number, r.counted, num(r.status), str(r.code), r.processor, c.number, c.counted, c.status, c.code, c.processor)
+		}
+		if c.code != "<nil>" && str(r.message) == "<nil>" {
+			t.Errorf("%s: no message", c.id)
+		}
+		if r.finished.Before(r.started) {
+			t.Errorf("%s: finished %v before started %v", c.id, r.finished, r.started)
+		}
+	}
+	if r := got[ok][0]; !r.started.Equal(began) || !r.finished.Equal(ended) {
+		t.Errorf("success: started %v, finished %v; want %v, %v", r.started, r.finished, began, ended)
+	}
+}
+
+// TestInputRetention: SPEC §7. A request's input goes when it succeeds or
+// is canceled; after FAILED or EXPIRED it stays, for a retry, until the
+// output's retention ends, and the retention sweep then clears it.
+func TestInputRetention(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db, submit := processSetup(t)
+	var orgID int64
+	if err := db.Pool.QueryRow(ctx, `SELECT id FROM organizations`).Scan(&orgID); err != nil {
+		t.Fatal(err)
+	}
+	succeeded, failed, expired, canceled := submit(), submit(), submit(func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = 0 }), submit()
+	if _, _, err := db.RequestCancel(ctx, orgID, canceled); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RequestExpireBatch(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if claimed, err := db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p", Limit: 2, LeaseDuration: time.Minute}); err != nil || len(claimed) != 2 {
+		t.Fatalf("claim: %v, %d", err, len(claimed))
+	}
+	if _, err := db.RequestCompleteBatch(ctx, "p", []postgres.AttemptOutcome{
+		{ID: succeeded, State: postgres.StateSucceeded, Output: []byte(`1`)},
+		{ID: failed, State: postgres.StateFailed, Error: &postgres.AttemptError{Code: postgres.CodeModelInvalidInput, Message: "no"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	kept := func(id requestid.ID) bool {
+		t.Helper()
+		var has bool
+		if err := db.Pool.QueryRow(ctx, `SELECT input IS NOT NULL FROM async_requests WHERE id = $1`, id).Scan(&has); err != nil {
+			t.Fatal(err)
+		}
+		return has
+	}
+	for id, want := range map[requestid.ID]bool{succeeded: false, canceled: false, failed: true, expired: true} {
+		if got := kept(id); got != want {
+			t.Errorf("%s (%s): input kept %v, want %v", id, scalarState(t, db, id), got, want)
+		}
+	}
+	// Until the output's retention ends, the sweep leaves the inputs alone.
+	if _, err := db.RetentionPurge(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if !kept(failed) || !kept(expired) {
+		t.Fatal("the retention sweep cleared an input before the output's retention ended")
+	}
+	if _, err := db.Pool.Exec(ctx, `UPDATE async_requests SET output_expires_at = now() - interval '1 second'
+		WHERE id = ANY($1)`, []requestid.ID{failed, expired}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.RetentionPurge(ctx, 100); err != nil {
+		t.Fatal(err)
+	}
+	if kept(failed) || kept(expired) {
+		t.Error("the retention sweep kept an input past the output's retention")
+	}
+}
+
 func TestRequestLeaseRenew(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -365,7 +509,7 @@ func TestHotPathAfterBurst(t *testing.T) {
 	if _, err := db.RequestExpireBatch(ctx, 1000); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := db.RequestReclaimLost(ctx, 1000); err != nil {
+	if _, err := db.RequestReclaimLost(ctx, postgres.RequestReclaimLostParams{Limit: 1000, Retry: retryLost}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := db.RetentionPurge(ctx, 1000); err != nil {
@@ -417,9 +561,10 @@ func TestHotPathAfterBurst(t *testing.T) {
 	}
 	// The claim reads the batch from the queued index and the running
 	// requests from the in-progress index, and each query looks the batch up
-	// by primary key: a few times the batch in all, where a scan of the
-	// queue or of the finished rows alone would read thousands.
-	if total > 10*batch {
+	// by primary key (the completion's request_attempts rows once more,
+	// through their foreign key): a few times the batch in all, where a
+	// scan of the queue or of the finished rows alone would read thousands.
+	if total > 15*batch {
 		t.Errorf("index scans read %d entries for a batch of %d: %v", total, batch, read)
 	}
 	for _, idx := range []string{"async_requests_active_org_idx", "async_requests_queued_deadline_idx"} {

@@ -51,9 +51,6 @@ type WebhookDelivery struct {
 	WebhookEndpoint string // empty when the request has none
 	Output          []byte // JSON; nil when none
 	Errors          []AttemptError
-	// FinishedAt is when the request reached its final state; it is the
-	// payload's "time", so every delivery of a request is the same body.
-	FinishedAt time.Time
 }
 
 // WebhookDeliveryClaimParams says how much a deliverer claims and for how
@@ -89,7 +86,7 @@ func (db *DB) WebhookDeliveryClaimBatch(ctx context.Context, p WebhookDeliveryCl
 			FOR UPDATE SKIP LOCKED
 		)
 		RETURNING d.id, d.attempts, r.id, r.organization_id, r.model_id, r.is_chain, r.deployment_id,
-			r.state, coalesce(r.webhook_endpoint, ''), r.output, r.errors, coalesce(r.finished_at, r.status_at)`,
+			r.state, coalesce(r.webhook_endpoint, ''), r.output, r.errors`,
 		p.Owner, p.Limit, p.Lease.Seconds())
 	if err != nil {
 		return nil, fmt.Errorf("claim webhook deliveries: %w", err)
@@ -98,7 +95,7 @@ func (db *DB) WebhookDeliveryClaimBatch(ctx context.Context, p WebhookDeliveryCl
 		var d WebhookDelivery
 		var errs []byte
 		if err := row.Scan(&d.ID, &d.Attempt, &d.RequestID, &d.OrganizationID, &d.ModelID, &d.IsChain,
-			&d.DeploymentID, &d.State, &d.WebhookEndpoint, &d.Output, &errs, &d.FinishedAt); err != nil {
+			&d.DeploymentID, &d.State, &d.WebhookEndpoint, &d.Output, &errs); err != nil {
 			return WebhookDelivery{}, err
 		}
 		if len(errs) > 0 {
@@ -143,100 +140,151 @@ func (db *DB) WebhookDeliveryReclaimExpired(ctx context.Context) (int, error) {
 	return int(tag.RowsAffected()), nil
 }
 
-// WebhookDeliverySucceed records a 2xx: the delivery and the request's
-// webhook_status become SUCCEEDED, a WEBHOOK_FAILED request whose
-// redelivery got through is SUCCEEDED again, and the output is kept for
-// OutputRetention from now. It reports false, changing nothing, when owner
-// no longer holds the lease.
-func (db *DB) WebhookDeliverySucceed(ctx context.Context, id int64, owner string) (bool, error) {
-	var n int
-	err := db.Pool.QueryRow(ctx, `
-		WITH d AS (
-			UPDATE webhook_deliveries
-			SET state = 'SUCCEEDED', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-				last_error = NULL
-			WHERE id = $1 AND lease_owner = $2 AND state = 'IN_PROGRESS'
-			RETURNING request_id
-		), r AS (
-			UPDATE async_requests r
-			SET webhook_state = 'SUCCEEDED',
-				state = CASE WHEN r.state = 'WEBHOOK_FAILED' THEN 'SUCCEEDED' ELSE r.state END,
-				status_at = CASE WHEN r.state = 'WEBHOOK_FAILED' THEN now() ELSE r.status_at END,
-				output_expires_at = now() + make_interval(secs => $3)
-			FROM d WHERE r.id = d.request_id
-			RETURNING 1
-		)
-		SELECT count(*) FROM d`, id, owner, cmp.Or(db.OutputRetention, OutputRetentionDefault).Seconds()).Scan(&n)
-	if err != nil {
-		return false, fmt.Errorf("record webhook success: %w", err)
-	}
-	return n == 1, nil
-}
+// DeliveryOutcome is what a delivery attempt came to, as recorded in
+// webhook_delivery_attempts.outcome (a CHECK constraint holds it to these).
+type DeliveryOutcome string
 
-// WebhookDeliveryRetryParams is a retryable failure.
-type WebhookDeliveryRetryParams struct {
-	ID    int64
-	Owner string
-	// Delay is how long from now until the next attempt is due.
+const (
+	// OutcomeSucceeded: the receiver answered 2xx.
+	OutcomeSucceeded DeliveryOutcome = "SUCCEEDED"
+	// OutcomeRetry: the attempt failed and the delivery is due again later.
+	OutcomeRetry DeliveryOutcome = "RETRY"
+	// OutcomeFailed: the delivery will not be tried again.
+	OutcomeFailed DeliveryOutcome = "FAILED"
+)
+
+// WebhookOutcome is one delivery attempt's outcome for
+// WebhookDeliveryRecordBatch.
+type WebhookOutcome struct {
+	// ID is the claimed outbox row.
+	ID      int64
+	Outcome DeliveryOutcome
+	// Delay is how long from the write until a retry is due.
 	Delay time.Duration
-	// LastError says why the attempt failed, for operators.
-	LastError string
+	// Error says why the attempt did not succeed, for operators; empty on
+	// success.
+	Error string
+	// SentAt is when the webhook was sent (or, when nothing could be sent,
+	// when that was found); Duration is how long the HTTP exchange took.
+	SentAt   time.Time
+	Duration time.Duration
+	// HTTPStatus is the receiver's status; 0 when none arrived.
+	HTTPStatus int
 }
 
-// WebhookDeliveryRetry records a retryable failure: the delivery is PENDING
-// again, due after p.Delay. It reports false, changing nothing, when the
-// owner no longer holds the lease.
-func (db *DB) WebhookDeliveryRetry(ctx context.Context, p WebhookDeliveryRetryParams) (bool, error) {
-	tag, err := db.Pool.Exec(ctx, `
-		UPDATE webhook_deliveries
-		SET state = 'PENDING', due_at = now() + make_interval(secs => $3), lease_owner = NULL,
-			lease_expires_at = NULL, last_error = $4
-		WHERE id = $1 AND lease_owner = $2 AND state = 'IN_PROGRESS'`,
-		p.ID, p.Owner, p.Delay.Seconds(), storableText(p.LastError))
-	if err != nil {
-		return false, fmt.Errorf("record webhook retry: %w", err)
+// WebhookDeliveryRecordBatch records the outcomes of delivery attempts held
+// by owner in one statement, and with each one its row of delivery history
+// (webhook_delivery_attempts). Per outcome:
+//
+//   - SUCCEEDED: the delivery and the request's webhook_status become
+//     SUCCEEDED, a WEBHOOK_FAILED request whose redelivery got through is
+//     SUCCEEDED again, and the output is kept for OutputRetention from now.
+//   - RETRY: the delivery is PENDING again, due after Delay.
+//   - FAILED: the delivery becomes FAILED; unless another delivery of the
+//     same request is still pending (a redelivery), the request's
+//     webhook_status becomes FAILED, a SUCCEEDED request becomes
+//     WEBHOOK_FAILED (a final state: status_at and the status retention
+//     restart), and the output is kept for OutputRetention from now.
+//
+// An outcome whose row owner no longer holds (its lease ran out and another
+// deliverer took it) changes nothing and leaves no history: the webhook is
+// sent again by the new owner. It returns the ids of the outcomes recorded.
+func (db *DB) WebhookDeliveryRecordBatch(ctx context.Context, owner string, outcomes []WebhookOutcome) ([]int64, error) {
+	if len(outcomes) == 0 {
+		return nil, nil
 	}
-	return tag.RowsAffected() == 1, nil
-}
-
-// WebhookDeliveryFail records a delivery that will not be tried again (the
-// receiver refused it, or the schedule ran out). The delivery becomes
-// FAILED; unless another delivery of the same request is still pending (a
-// redelivery), the request's webhook_status becomes FAILED, a SUCCEEDED
-// request becomes WEBHOOK_FAILED (a final state: status_at and the status
-// retention restart), and the output is kept for OutputRetention from now.
-// It reports false, changing nothing, when owner no longer holds the lease.
-func (db *DB) WebhookDeliveryFail(ctx context.Context, id int64, owner, lastError string) (bool, error) {
-	var n int
-	err := db.Pool.QueryRow(ctx, `
-		WITH d AS (
-			UPDATE webhook_deliveries
-			SET state = 'FAILED', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-				last_error = $3
-			WHERE id = $1 AND lease_owner = $2 AND state = 'IN_PROGRESS'
-			RETURNING id, request_id
+	ids := make([]int64, len(outcomes))
+	kinds := make([]string, len(outcomes))
+	delays := make([]float64, len(outcomes))
+	errs := make([]*string, len(outcomes))
+	sent := make([]time.Time, len(outcomes))
+	durations := make([]int32, len(outcomes))
+	statuses := make([]*int32, len(outcomes))
+	for i, o := range outcomes {
+		ids[i], kinds[i], delays[i], sent[i] = o.ID, string(o.Outcome), o.Delay.Seconds(), o.SentAt
+		durations[i] = int32(min(o.Duration.Milliseconds(), 1<<31-1))
+		if o.Error != "" {
+			e := storableText(o.Error)
+			errs[i] = &e
+		}
+		if o.HTTPStatus != 0 {
+			s := int32(o.HTTPStatus)
+			statuses[i] = &s
+		}
+	}
+	rows, err := db.Pool.Query(ctx, `
+		WITH o AS (
+			SELECT * FROM unnest($2::bigint[], $3::text[], $4::float8[], $5::text[], $6::timestamptz[], $7::int[], $8::int[])
+				AS o(id, outcome, delay, error, sent_at, duration_ms, http_status)
+		), d AS (
+			UPDATE webhook_deliveries d
+			SET state = CASE WHEN o.outcome = 'RETRY' THEN 'PENDING' ELSE o.outcome END,
+				due_at = CASE WHEN o.outcome = 'RETRY' THEN now() + make_interval(secs => o.delay) ELSE d.due_at END,
+				finished_at = CASE WHEN o.outcome = 'RETRY' THEN d.finished_at ELSE now() END,
+				lease_owner = NULL, lease_expires_at = NULL, last_error = o.error
+			FROM o
+			WHERE d.id = o.id AND d.lease_owner = $1 AND d.state = 'IN_PROGRESS'
+			RETURNING d.id, d.request_id, o.outcome
+		), history AS (
+			INSERT INTO webhook_delivery_attempts (request_id, delivery_id, sent_at, duration_ms, http_status, outcome, error)
+			SELECT d.request_id, d.id, o.sent_at, o.duration_ms, o.http_status, o.outcome, o.error
+			FROM d JOIN o ON o.id = d.id
+		), settled AS (
+			SELECT request_id, bool_or(outcome = 'SUCCEEDED') AS succeeded
+			FROM d WHERE outcome <> 'RETRY'
+			GROUP BY request_id
 		), r AS (
 			UPDATE async_requests r
-			SET webhook_state = 'FAILED',
-				state = CASE WHEN r.state = 'SUCCEEDED' THEN 'WEBHOOK_FAILED' ELSE r.state END,
-				status_at = CASE WHEN r.state = 'SUCCEEDED' THEN now() ELSE r.status_at END,
-				purge_at = CASE WHEN r.state = 'SUCCEEDED'
-					THEN greatest(r.purge_at, now() + make_interval(secs => $5)) ELSE r.purge_at END,
-				output_expires_at = now() + make_interval(secs => $4)
-			FROM d
-			WHERE r.id = d.request_id AND NOT EXISTS (
+			SET webhook_state = CASE WHEN s.succeeded THEN 'SUCCEEDED' ELSE 'FAILED' END,
+				state = CASE
+					WHEN s.succeeded AND r.state = 'WEBHOOK_FAILED' THEN 'SUCCEEDED'
+					WHEN NOT s.succeeded AND r.state = 'SUCCEEDED' THEN 'WEBHOOK_FAILED'
+					ELSE r.state END,
+				status_at = CASE
+					WHEN s.succeeded AND r.state = 'WEBHOOK_FAILED' THEN now()
+					WHEN NOT s.succeeded AND r.state = 'SUCCEEDED' THEN now()
+					ELSE r.status_at END,
+				purge_at = CASE WHEN NOT s.succeeded AND r.state = 'SUCCEEDED'
+					THEN greatest(r.purge_at, now() + make_interval(secs => $10)) ELSE r.purge_at END,
+				output_expires_at = now() + make_interval(secs => $9)
+			FROM settled s
+			WHERE r.id = s.request_id AND (s.succeeded OR NOT EXISTS (
 				SELECT 1 FROM webhook_deliveries o
-				WHERE o.request_id = d.request_id AND o.id <> d.id AND o.state IN ('PENDING', 'IN_PROGRESS')
-			)
-			RETURNING 1
+				WHERE o.request_id = s.request_id AND o.state IN ('PENDING', 'IN_PROGRESS')
+					AND o.id NOT IN (SELECT id FROM d WHERE outcome <> 'RETRY')
+			))
 		)
-		SELECT count(*) FROM d`,
-		id, owner, storableText(lastError), cmp.Or(db.OutputRetention, OutputRetentionDefault).Seconds(),
-		cmp.Or(db.StatusRetention, StatusRetentionDefault).Seconds()).Scan(&n)
+		SELECT id FROM d`,
+		owner, ids, kinds, delays, errs, sent, durations, statuses,
+		cmp.Or(db.OutputRetention, OutputRetentionDefault).Seconds(),
+		cmp.Or(db.StatusRetention, StatusRetentionDefault).Seconds())
 	if err != nil {
-		return false, fmt.Errorf("record webhook failure: %w", err)
+		return nil, fmt.Errorf("record webhook outcomes: %w", err)
 	}
-	return n == 1, nil
+	recorded, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("record webhook outcomes: %w", err)
+	}
+	return recorded, nil
+}
+
+// WebhookDeliveryNextDue returns how long until the earliest PENDING
+// delivery is due, by the database's clock (zero or less when one is due
+// already: it came due after a claim looked), and false when none is
+// pending. Deliverers sleep until then rather than until their next poll, so
+// a scheduled retry goes out on time.
+func (db *DB) WebhookDeliveryNextDue(ctx context.Context) (time.Duration, bool, error) {
+	var secs *float64
+	err := db.Pool.QueryRow(ctx, `
+		SELECT extract(epoch FROM min(due_at) - now())::float8
+		FROM webhook_deliveries WHERE state = 'PENDING'`).Scan(&secs)
+	if err != nil {
+		return 0, false, fmt.Errorf("next webhook due time: %w", err)
+	}
+	if secs == nil {
+		return 0, false, nil
+	}
+	return time.Duration(*secs * float64(time.Second)), true, nil
 }
 
 // WebhookDeliveryRelease hands claimed deliveries back on shutdown: PENDING,
@@ -247,25 +295,31 @@ func (db *DB) WebhookDeliveryRelease(ctx context.Context, owner string, ids []in
 	if len(ids) == 0 {
 		return 0, nil
 	}
-	var n int
-	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
-			UPDATE webhook_deliveries
-			SET state = 'PENDING', due_at = now(), attempts = greatest(attempts - 1, 0),
-				lease_owner = NULL, lease_expires_at = NULL
-			WHERE id = ANY($1) AND lease_owner = $2 AND state = 'IN_PROGRESS'`, ids, owner)
-		if err != nil {
-			return err
-		}
-		n = int(tag.RowsAffected())
-		if n == 0 {
-			return nil
-		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel)
-		return err
-	})
+	tag, err := db.Pool.Exec(ctx, `
+		UPDATE webhook_deliveries
+		SET state = 'PENDING', due_at = now(), attempts = greatest(attempts - 1, 0),
+			lease_owner = NULL, lease_expires_at = NULL
+		WHERE id = ANY($1) AND lease_owner = $2 AND state = 'IN_PROGRESS'`, ids, owner)
 	if err != nil {
 		return 0, fmt.Errorf("release webhook deliveries: %w", err)
 	}
+	n := int(tag.RowsAffected())
+	if n > 0 {
+		db.WebhookWake(ctx)
+	}
 	return n, nil
 }
+
+// WebhookWake wakes deliverers after a commit that made deliveries due. The
+// NOTIFY is a transaction of its own that does not wait for its commit to be
+// flushed: NOTIFY holds a database-wide lock from pre-commit to the end of
+// the commit, so inside a durable write it would serialize every writer on
+// one WAL flush. A lost wake-up costs at most a poll interval, so errors are
+// ignored.
+func (db *DB) WebhookWake(ctx context.Context) {
+	// One round trip: without arguments pgx sends this as one simple query.
+	_, _ = db.Pool.Exec(ctx, webhookWakeSQL)
+}
+
+// webhookWakeSQL is the notify of WebhookWake; the channel is a constant.
+const webhookWakeSQL = `BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('` + WebhookWakeChannel + `', ''); COMMIT`

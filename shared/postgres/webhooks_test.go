@@ -2,8 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -49,6 +52,58 @@ func webhookClaim(t *testing.T, pg *postgres.DB, owner string, limit int) []post
 	return batch
 }
 
+// webhookRecord records outcomes as owner in one statement and returns the
+// ids recorded. Zero SentAt is now.
+func webhookRecord(t *testing.T, pg *postgres.DB, owner string, outs ...postgres.WebhookOutcome) []int64 {
+	t.Helper()
+	for i := range outs {
+		if outs[i].SentAt.IsZero() {
+			outs[i].SentAt = time.Now()
+		}
+	}
+	ids, err := pg.WebhookDeliveryRecordBatch(context.Background(), owner, outs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ids
+}
+
+func succeeded(id int64) postgres.WebhookOutcome {
+	return postgres.WebhookOutcome{ID: id, Outcome: postgres.OutcomeSucceeded, HTTPStatus: 200}
+}
+
+func failed(id int64, reason string) postgres.WebhookOutcome {
+	return postgres.WebhookOutcome{ID: id, Outcome: postgres.OutcomeFailed, Error: reason, HTTPStatus: 410}
+}
+
+func retried(id int64, delay time.Duration, reason string) postgres.WebhookOutcome {
+	return postgres.WebhookOutcome{ID: id, Outcome: postgres.OutcomeRetry, Delay: delay, Error: reason, HTTPStatus: 500}
+}
+
+// historyRow is a row of webhook_delivery_attempts.
+type historyRow struct {
+	DeliveryID int64
+	Outcome    string
+	HTTPStatus *int
+	DurationMS int
+	Error      *string
+}
+
+func webhookHistory(t *testing.T, pg *postgres.DB, id requestid.ID) []historyRow {
+	t.Helper()
+	rows, err := pg.Pool.Query(context.Background(), `
+		SELECT delivery_id, outcome, http_status, duration_ms, error
+		FROM webhook_delivery_attempts WHERE request_id = $1 ORDER BY id`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := pgx.CollectRows(rows, pgx.RowToStructByPos[historyRow])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 func TestWebhookDelivery(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -67,7 +122,7 @@ func TestWebhookDelivery(t *testing.T) {
 		d := got[0]
 		if d.Attempt != 1 || d.ModelID != "m1" || d.DeploymentID != "d1" || d.State != postgres.StateSucceeded ||
 			d.IsChain || d.WebhookEndpoint != "https://hooks.example.com/x" || string(d.Output) != `{"y":2}` ||
-			len(d.Errors) != 1 || d.Errors[0].Code != "MODEL_UNAVAILABLE" || d.FinishedAt.IsZero() || d.OrganizationID != b.org.ID {
+			len(d.Errors) != 1 || d.Errors[0].Code != "MODEL_UNAVAILABLE" || d.OrganizationID != b.org.ID {
 			t.Errorf("claimed = %+v", d)
 		}
 		got = webhookClaim(t, pg, "b", 10)
@@ -84,14 +139,17 @@ func TestWebhookDelivery(t *testing.T) {
 		pg, b := setup(t)
 		id := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
 		d := webhookClaim(t, pg, "a", 1)[0]
-		if ok, err := pg.WebhookDeliverySucceed(ctx, d.ID, "b"); err != nil || ok {
-			t.Errorf("succeed by another owner = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "b", succeeded(d.ID)); len(got) != 0 {
+			t.Errorf("succeed by another owner recorded %v", got)
 		}
-		if ok, err := pg.WebhookDeliveryFail(ctx, d.ID, "b", "x"); err != nil || ok {
-			t.Errorf("fail by another owner = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "b", failed(d.ID, "x")); len(got) != 0 {
+			t.Errorf("fail by another owner recorded %v", got)
 		}
-		if ok, err := pg.WebhookDeliveryRetry(ctx, postgres.WebhookDeliveryRetryParams{ID: d.ID, Owner: "b"}); err != nil || ok {
-			t.Errorf("retry by another owner = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "b", retried(d.ID, 0, "x")); len(got) != 0 {
+			t.Errorf("retry by another owner recorded %v", got)
+		}
+		if h := webhookHistory(t, pg, id); len(h) != 0 {
+			t.Errorf("refused records left history %+v", h)
 		}
 		if r, _ := pg.RequestGetByID(ctx, b.org.ID, id); r.WebhookState != postgres.WebhookPending {
 			t.Fatalf("webhook %s after refused records", r.WebhookState)
@@ -108,11 +166,11 @@ func TestWebhookDelivery(t *testing.T) {
 		if len(again) != 1 || again[0].Attempt != 2 {
 			t.Fatalf("reclaimed claim = %+v, want attempt 2", again)
 		}
-		if ok, _ := pg.WebhookDeliverySucceed(ctx, d.ID, "a"); ok {
+		if got := webhookRecord(t, pg, "a", succeeded(d.ID)); len(got) != 0 {
 			t.Error("the old owner recorded after losing its lease")
 		}
-		if ok, err := pg.WebhookDeliverySucceed(ctx, d.ID, "b"); err != nil || !ok {
-			t.Fatalf("new owner succeed = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "b", succeeded(d.ID)); len(got) != 1 {
+			t.Fatalf("new owner succeed recorded %v", got)
 		}
 		r, _ := pg.RequestGetByID(ctx, b.org.ID, id)
 		if r.WebhookState != postgres.WebhookSucceeded || r.OutputExpiresAt == nil ||
@@ -126,8 +184,11 @@ func TestWebhookDelivery(t *testing.T) {
 		pg, b := setup(t)
 		webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
 		d := webhookClaim(t, pg, "a", 1)[0]
-		if ok, err := pg.WebhookDeliveryRetry(ctx, postgres.WebhookDeliveryRetryParams{ID: d.ID, Owner: "a", Delay: time.Hour, LastError: "500"}); err != nil || !ok {
-			t.Fatalf("retry = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "a", retried(d.ID, time.Hour, "500")); len(got) != 1 {
+			t.Fatalf("retry recorded %v", got)
+		}
+		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || !ok || in < 59*time.Minute || in > time.Hour {
+			t.Errorf("next due in %v, %v, %v; want about an hour", in, ok, err)
 		}
 		if got := webhookClaim(t, pg, "a", 1); len(got) != 0 {
 			t.Fatal("claimed a retry before it was due")
@@ -157,8 +218,8 @@ func TestWebhookDelivery(t *testing.T) {
 		id := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
 		d := webhookClaim(t, pg, "a", 1)[0]
 		webhookRedeliver(t, pg, id, time.Hour)
-		if ok, err := pg.WebhookDeliveryFail(ctx, d.ID, "a", "410"); err != nil || !ok {
-			t.Fatalf("fail = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "a", failed(d.ID, "410")); len(got) != 1 {
+			t.Fatalf("fail recorded %v", got)
 		}
 		r, _ := pg.RequestGetByID(ctx, b.org.ID, id)
 		if r.State != postgres.StateSucceeded || r.WebhookState != postgres.WebhookPending || r.OutputExpiresAt != nil {
@@ -168,8 +229,8 @@ func TestWebhookDelivery(t *testing.T) {
 			t.Fatal(err)
 		}
 		d = webhookClaim(t, pg, "a", 1)[0]
-		if ok, err := pg.WebhookDeliveryFail(ctx, d.ID, "a", "410"); err != nil || !ok {
-			t.Fatalf("fail = %v, %v", ok, err)
+		if got := webhookRecord(t, pg, "a", failed(d.ID, "410")); len(got) != 1 {
+			t.Fatalf("fail recorded %v", got)
 		}
 		r, _ = pg.RequestGetByID(ctx, b.org.ID, id)
 		if r.State != postgres.StateWebhookFailed || r.WebhookState != postgres.WebhookFailed || r.OutputExpiresAt == nil || r.StatusAt.Equal(*r.FinishedAt) {
@@ -181,6 +242,99 @@ func TestWebhookDelivery(t *testing.T) {
 		}
 		if purgeIn < (pg.StatusRetention - time.Minute).Seconds() {
 			t.Errorf("purge in %.0f s, want the status retention to restart at WEBHOOK_FAILED", purgeIn)
+		}
+	})
+	t.Run("BatchKeepsEveryTransition", func(t *testing.T) {
+		t.Parallel()
+		pg, b := setup(t)
+		ok := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
+		refused := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
+		refusedFailed := webhookFinish(t, pg, b, postgres.StateFailed, 0)
+		again := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
+		lost := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
+		// Two deliveries of one request settle in the same batch: one
+		// fails, the other is retried, so the request still waits.
+		twice := webhookFinish(t, pg, b, postgres.StateSucceeded, 0)
+		webhookRedeliver(t, pg, twice, 0)
+		claimed := map[requestid.ID][]int64{}
+		for _, d := range webhookClaim(t, pg, "a", 100) {
+			claimed[d.RequestID] = append(claimed[d.RequestID], d.ID)
+		}
+		if len(claimed) != 6 || len(claimed[twice]) != 2 {
+			t.Fatalf("claimed %v", claimed)
+		}
+		// lost's lease passed to b.
+		if _, err := pg.Pool.Exec(ctx, `UPDATE webhook_deliveries SET lease_owner = 'b' WHERE request_id = $1`, lost); err != nil {
+			t.Fatal(err)
+		}
+		got := webhookRecord(t, pg, "a",
+			succeeded(claimed[ok][0]),
+			failed(claimed[refused][0], "receiver answered 410"),
+			failed(claimed[refusedFailed][0], "receiver answered 410"),
+			retried(claimed[again][0], 200*time.Millisecond, "receiver answered 503"),
+			succeeded(claimed[lost][0]),
+			failed(claimed[twice][0], "receiver answered 410"),
+			retried(claimed[twice][1], time.Hour, "receiver answered 503"),
+		)
+		if len(got) != 6 {
+			t.Errorf("recorded %v, want all but the lost lease's", got)
+		}
+		for _, tt := range []struct {
+			id      requestid.ID
+			state   postgres.RequestState
+			webhook postgres.WebhookState
+			history []string
+		}{
+			{ok, postgres.StateSucceeded, postgres.WebhookSucceeded, []string{"SUCCEEDED"}},
+			{refused, postgres.StateWebhookFailed, postgres.WebhookFailed, []string{"FAILED"}},
+			{refusedFailed, postgres.StateFailed, postgres.WebhookFailed, []string{"FAILED"}},
+			{again, postgres.StateSucceeded, postgres.WebhookPending, []string{"RETRY"}},
+			{lost, postgres.StateSucceeded, postgres.WebhookPending, nil},
+			{twice, postgres.StateSucceeded, postgres.WebhookPending, []string{"FAILED", "RETRY"}},
+		} {
+			r, err := pg.RequestGetByID(ctx, b.org.ID, tt.id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.State != tt.state || r.WebhookState != tt.webhook {
+				t.Errorf("request %s / webhook %s, want %s / %s", r.State, r.WebhookState, tt.state, tt.webhook)
+			}
+			if (r.OutputExpiresAt != nil) != (tt.webhook != postgres.WebhookPending) {
+				t.Errorf("%s: output_expires_at %v while webhook %s", tt.state, r.OutputExpiresAt, r.WebhookState)
+			}
+			var outcomes []string
+			for _, h := range webhookHistory(t, pg, tt.id) {
+				outcomes = append(outcomes, h.Outcome)
+				if (h.Error == nil) != (h.Outcome == "SUCCEEDED") || h.HTTPStatus == nil {
+					t.Errorf("history row %+v", h)
+				}
+			}
+			if fmt.Sprint(outcomes) != fmt.Sprint(tt.history) {
+				t.Errorf("history %v, want %v", outcomes, tt.history)
+			}
+		}
+		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || !ok || in <= 0 || in > 200*time.Millisecond {
+			t.Errorf("next due in %v, %v, %v; want the 200 ms retry", in, ok, err)
+		}
+
+		// History lives and dies with its request.
+		if _, err := pg.Pool.Exec(ctx, `DELETE FROM async_requests WHERE id = $1`, refused); err != nil {
+			t.Fatal(err)
+		}
+		if h := webhookHistory(t, pg, refused); len(h) != 0 {
+			t.Errorf("history outlived its request: %+v", h)
+		}
+	})
+
+	t.Run("NextDue", func(t *testing.T) {
+		t.Parallel()
+		pg, b := setup(t)
+		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || ok {
+			t.Errorf("next due = %v, %v, %v; want none", in, ok, err)
+		}
+		webhookFinish(t, pg, b, postgres.StateSucceeded, -time.Second) // due already
+		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || !ok || in > -time.Second {
+			t.Errorf("next due = %v, %v, %v; want a second ago", in, ok, err)
 		}
 	})
 }

@@ -8,7 +8,7 @@
 //
 //   - CheckURL, at submit time, refuses what can never be delivered to
 //     (wrong scheme, credentials, IP literals in non-public ranges, however
-//     they are spelled), so clients get a clear 422 at once.
+//     they are spelled), so clients get a clear 400 at once.
 //   - The client from NewClient checks, at dial time and after DNS, the IP
 //     address actually being connected to. This is the check that counts:
 //     a name can resolve to a public address at submit and to 127.0.0.1 at

@@ -17,11 +17,11 @@ import (
 const MaxURLLength = 2048
 
 // ErrURLNotAllowed is matched, through errors.Is, by every error CheckURL
-// returns, so that the API can map them all to a 422 in one place.
+// returns, so that the API can map them all to a 400 in one place.
 var ErrURLNotAllowed = errors.New("webhook_endpoint not allowed")
 
 // URLError is the error CheckURL returns. Its message is written for the
-// client who submitted the URL and is safe to return in a 422 as it is: it
+// client who submitted the URL and is safe to return in a 400 as it is: it
 // names the field and the reason, never internal details.
 type URLError struct {
 	// Message is the whole human-readable message, such as
@@ -39,10 +39,12 @@ func rejectURL(reason string) error {
 }
 
 // CheckURL validates a webhook URL when it is submitted, so that a client
-// learns at once (with a 422) that a URL can never be delivered to, rather
+// learns at once (with a 400) that a URL can never be delivered to, rather
 // than from a failed webhook later.
 //
-// It requires an absolute https URL (http too with p.AllowHTTP) with a host,
+// It requires valid UTF-8 without U+FFFD, the character encoding/json puts
+// in place of invalid UTF-8 (so a URL the client did not send is never
+// stored), and an absolute https URL (http too with p.AllowHTTP) with a host,
 // a valid port if any, and no user credentials. Unless p.AllowPrivate is set,
 // it refuses a host that is an IP address outside the public ranges (see
 // IsPublic) and the names localhost and *.localhost. IPv4 hosts are read the
@@ -58,6 +60,9 @@ func rejectURL(reason string) error {
 func CheckURL(raw string, p Policy) error {
 	if len(raw) > MaxURLLength {
 		return rejectURL("is longer than " + strconv.Itoa(MaxURLLength) + " characters")
+	}
+	if !utf8.ValidString(raw) || strings.ContainsRune(raw, utf8.RuneError) {
+		return rejectURL("must be valid UTF-8")
 	}
 	u, err := url.Parse(raw)
 	if err != nil {

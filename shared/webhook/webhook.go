@@ -1,4 +1,5 @@
-// Package webhook signs outgoing webhooks and verifies incoming ones.
+// Package webhook builds and signs outgoing webhooks and verifies incoming
+// ones.
 //
 // Every webhook carries two signature schemes so that both kinds of receiver
 // work unchanged:

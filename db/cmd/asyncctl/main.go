@@ -25,6 +25,7 @@ import (
 
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/shared/config"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
@@ -32,7 +33,7 @@ import (
 const usage = `usage: asyncctl <command> [flags]
 
 commands:
-  migrate                                   apply pending database migrations
+  migrate                                   create the database if missing, apply pending migrations
   create-org <name>                         create an organization (no-op if it exists)
   create-api-key --org <name> [--name <label>]
                                             create an API key; it is printed once, only its hash is stored
@@ -43,6 +44,7 @@ commands:
                                             create or update a deployment and point environments at it
   rotate-webhook-secret --org <name> [--secret whsec_...] [--overlap 24h]
                                             make a new webhook secret current; the old ones sign for --overlap
+  reencrypt-credentials                     encrypt every upstream credential under the first UPSTREAM_CREDENTIAL_KEYS key
 `
 
 // errUsage marks errors that are the caller's: exit status 2.
@@ -119,7 +121,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 
 	// Validate everything before touching the database.
 	switch cmd {
-	case "migrate":
+	case "migrate", "reencrypt-credentials":
 	case "create-org":
 		if len(pos) != 1 || strings.TrimSpace(pos[0]) == "" {
 			return usageErr("create-org: expected exactly one organization name")
@@ -165,6 +167,9 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 			if v, ok := env.Lookup(*credEnv); !ok || v == "" {
 				return usageErr("create-deployment: --credential-env %s is not set", *credEnv)
 			}
+			if v, _ := env.Lookup("UPSTREAM_CREDENTIAL_KEYS"); strings.TrimSpace(v) == "" {
+				return usageErr("create-deployment: --credential-env needs UPSTREAM_CREDENTIAL_KEYS, the keys credentials are encrypted with")
+			}
 		}
 	case "rotate-webhook-secret":
 		if err := requireOrg(); err != nil {
@@ -191,7 +196,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 	}
 	connString, _ := cfg.Database.ConnString()
 	if cmd == "migrate" {
-		if err := db.Migrate(ctx, connString, false, stdout); err != nil {
+		if err := db.Migrate(ctx, connString, true, stdout); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "database at migration", db.LatestVersion())
@@ -204,6 +209,16 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 		return err
 	}
 	defer pg.Close()
+	pg.Credentials, _ = credential.ParseKeys(cfg.UpstreamCredentialKeys) // checked by config.LoadFrom
+
+	if cmd == "reencrypt-credentials" {
+		n, err := pg.DeploymentCredentialsReencrypt(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "%d upstream credentials re-encrypted under the first key\n", n)
+		return nil
+	}
 
 	if cmd == "create-org" {
 		o, err := pg.OrganizationEnsure(ctx, orgName)

@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/sethvargo/go-envconfig"
 
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 )
@@ -26,7 +30,7 @@ func TestCLI(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(pg.Close)
-		env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": dbURL, "UPSTREAM_KEY": "s3cret"})
+		env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": dbURL, "UPSTREAM_KEY": "s3cret", "UPSTREAM_CREDENTIAL_KEYS": pgtest.CredentialKeys})
 		return func(args ...string) (int, string, string) {
 			var out, errOut bytes.Buffer
 			code := run(ctx, args, &out, &errOut, env)
@@ -59,8 +63,16 @@ func TestCLI(t *testing.T) {
 			t.Fatalf("printed key does not authenticate: %v", err)
 		}
 		d, err := pg.DeploymentResolve(ctx, postgres.DeploymentTarget{OrganizationID: org, ModelID: "m1", Kind: postgres.KindModel, Environment: "development"})
-		if err != nil || d.ID != "d1" || d.MaxConcurrency != 4 || d.UpstreamCredential != "s3cret" {
+		if err != nil || d.ID != "d1" || d.MaxConcurrency != 4 || d.UpstreamCredential != "" {
 			t.Fatalf("deployment = %+v, %v", d, err)
+		}
+		var stored string
+		if err := pg.Pool.QueryRow(ctx, `SELECT upstream_credential FROM deployments WHERE id = 'd1'`).Scan(&stored); err != nil {
+			t.Fatal(err)
+		}
+		keys, _ := credential.ParseKeys(pgtest.CredentialKeys)
+		if plain, err := keys.Open(stored, "d1"); err != nil || plain != "s3cret" || strings.Contains(stored, "s3cret") {
+			t.Fatalf("stored credential %q opens to %q, %v; want it sealed, opening to s3cret", stored, plain, err)
 		}
 		code, secret, _ := run("rotate-webhook-secret", "--org", "acme")
 		if code != 0 || !strings.HasPrefix(secret, "whsec_") {
@@ -113,4 +125,48 @@ func TestCLI(t *testing.T) {
 			})
 		}
 	})
+}
+
+// TestMigrateCreatesDatabase runs migrate against a database the server
+// does not have: it is created and migrated.
+func TestMigrateCreatesDatabase(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	u, err := url.Parse(pgtest.ServerURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := "asyncctl_migrate_" + strings.ToLower(rand.Text()[:8])
+	u.Path = "/" + name
+	t.Cleanup(func() {
+		if conn, err := pgx.Connect(context.Background(), pgtest.ServerURL(t)); err == nil {
+			_, _ = conn.Exec(context.Background(), "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)")
+			conn.Close(context.Background())
+		}
+	})
+	var out, errOut bytes.Buffer
+	env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": u.String()})
+	if code := run(ctx, []string{"migrate"}, &out, &errOut, env); code != 0 {
+		t.Fatalf("migrate = %d %s %s", code, out.String(), errOut.String())
+	}
+	pg, err := postgres.Open(ctx, u.String(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	if _, err := pg.OrganizationEnsure(ctx, "acme"); err != nil {
+		t.Fatalf("the migrated database: %v", err)
+	}
+}
+
+// TestCredentialWithoutKey refuses a deployment with a credential when no
+// key is configured to encrypt it, before touching the database.
+func TestCredentialWithoutKey(t *testing.T) {
+	t.Parallel()
+	var out, errOut bytes.Buffer
+	env := envconfig.MapLookuper(map[string]string{"DATABASE_URL": "postgres://postgres@127.0.0.1:1/none", "UPSTREAM_KEY": "s3cret"})
+	code := run(context.Background(), []string{"create-deployment", "--org", "acme", "--model", "m", "--id", "d", "--url", "https://x", "--credential-env", "UPSTREAM_KEY"}, &out, &errOut, env)
+	if code != 2 || !strings.Contains(errOut.String(), "UPSTREAM_CREDENTIAL_KEYS") || strings.Contains(errOut.String(), "s3cret") {
+		t.Fatalf("exit %d, stderr %q; want 2 naming UPSTREAM_CREDENTIAL_KEYS", code, errOut.String())
+	}
 }

@@ -1,10 +1,13 @@
 // Package pgtest gives tests a real, migrated Postgres database of their own.
 //
 // A test package calls Main from TestMain. The server is TEST_DATABASE_URL
-// when set; otherwise a Postgres container is started with testcontainers;
-// when neither works, every test that needs a database is skipped with the
-// reason. Each call to New clones a migrated template database, so tests
-// that commit never see each other's rows and can run in parallel.
+// when set; otherwise a throwaway server is started exactly as make dev
+// starts one (throwaway.Start: a Postgres container where Docker runs, else
+// an initdb cluster from the local binaries), one per test process, and
+// removed when the tests end. When no server can be had, every test that
+// needs a database fails with the reason, unless TEST_DATABASE_SKIP=1, which
+// skips them instead. Each call to New clones a migrated template database,
+// so tests that commit never see each other's rows and can run in parallel.
 package pgtest
 
 import (
@@ -14,26 +17,32 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net/url"
 	"os"
 	"testing"
-	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver pgtestdb uses
 	"github.com/peterldowns/pgtestdb"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
 
 	"github.com/openasync/asyncrequest/db"
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/postgres/throwaway"
 )
 
+// SkipVariable names the variable that, set to 1, makes tests that need a
+// database skip rather than fail when none can be had.
+const SkipVariable = "TEST_DATABASE_SKIP"
+
 var (
-	server     *pgtestdb.Config
-	skipReason string
+	server    *pgtestdb.Config
+	serverURL string
+	noServer  string // why there is no server
 )
 
 // Main finds or starts the Postgres server, runs the tests, and stops the
-// container if it started one.
+// server if it started one.
 func Main(m *testing.M) {
 	stop := setup()
 	code := m.Run()
@@ -45,50 +54,29 @@ func setup() (stop func()) {
 	stop = func() {}
 	raw := os.Getenv("TEST_DATABASE_URL")
 	if raw == "" {
-		var err error
-		raw, stop, err = startContainer()
+		log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		s, err := throwaway.Start(context.Background(), log)
 		if err != nil {
-			skipReason = "no database for tests: TEST_DATABASE_URL is unset and a Postgres container could not start (" + err.Error() + ")"
-			fmt.Fprintln(os.Stderr, "pgtest: "+skipReason)
-			return func() {}
+			noServer = "no database for tests: TEST_DATABASE_URL is unset and no throwaway Postgres could start: " + err.Error()
+			fmt.Fprintln(os.Stderr, "pgtest: "+noServer)
+			return stop
+		}
+		fmt.Fprintf(os.Stderr, "pgtest: TEST_DATABASE_URL is unset; testing on a throwaway Postgres (%s)\n", s.Kind)
+		raw = s.URL
+		stop = func() {
+			if err := s.Stop(); err != nil {
+				fmt.Fprintln(os.Stderr, "pgtest: stop the throwaway Postgres:", err)
+			}
 		}
 	}
 	conf, err := parse(raw)
 	if err != nil {
-		skipReason = "TEST_DATABASE_URL: " + err.Error()
-		fmt.Fprintln(os.Stderr, "pgtest: "+skipReason)
+		noServer = "TEST_DATABASE_URL: " + err.Error()
+		fmt.Fprintln(os.Stderr, "pgtest: "+noServer)
 		return stop
 	}
-	server = conf
+	server, serverURL = conf, raw
 	return stop
-}
-
-// startContainer starts Postgres in Docker. testcontainers panics in some
-// versions when no Docker engine is found, so the panic is turned into an
-// error.
-func startContainer() (connString string, stop func(), err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("testcontainers: %v", r)
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	c, err := tcpostgres.Run(ctx, "postgres:15-alpine",
-		tcpostgres.WithDatabase("postgres"),
-		tcpostgres.WithUsername("postgres"),
-		tcpostgres.WithPassword("postgres"),
-		tcpostgres.BasicWaitStrategies(),
-	)
-	if err != nil {
-		return "", nil, err
-	}
-	connString, err = c.ConnectionString(ctx, "sslmode=disable")
-	if err != nil {
-		_ = c.Terminate(context.Background())
-		return "", nil, err
-	}
-	return connString, func() { _ = c.Terminate(context.Background()) }, nil
 }
 
 func parse(raw string) (*pgtestdb.Config, error) {
@@ -127,23 +115,52 @@ func firstNonEmpty(s ...string) string {
 }
 
 // URL returns the connection string of a fresh, migrated database that is
-// dropped when the test ends. It skips the test when no server is available.
+// dropped when the test ends.
 func URL(t testing.TB) string {
 	t.Helper()
-	if server == nil {
-		if skipReason == "" {
-			t.Fatal("pgtest: call pgtest.Main from TestMain")
-		}
-		t.Skip(skipReason)
-	}
+	requireServer(t)
 	return pgtestdb.Custom(t, *server, migrator{}).URL()
 }
 
-// New returns a pool on a fresh, migrated database of the test's own.
+// ServerURL returns the connection string of the server's own database
+// (TEST_DATABASE_URL's, or the throwaway server's postgres), for tests that
+// create databases of their own.
+func ServerURL(t testing.TB) string {
+	t.Helper()
+	requireServer(t)
+	return serverURL
+}
+
+// requireServer fails t when there is no server, or skips it when
+// SkipVariable is 1.
+func requireServer(t testing.TB) {
+	t.Helper()
+	if server != nil {
+		return
+	}
+	if noServer == "" {
+		t.Fatal("pgtest: call pgtest.Main from TestMain")
+	}
+	if os.Getenv(SkipVariable) == "1" {
+		t.Skip(noServer + " (skipped: " + SkipVariable + "=1)")
+	} else {
+		t.Fatal(noServer + " (set " + SkipVariable + "=1 to skip the tests that need one)")
+	}
+}
+
+// CredentialKeys is the UPSTREAM_CREDENTIAL_KEYS of tests: the pools New
+// returns seal and open upstream credentials with it.
+const CredentialKeys = "chHXwHGJrHvtG75dGoGBfw3okNhjvBZsQhC+bn/SVcc="
+
+// New returns a pool on a fresh, migrated database of the test's own, with
+// CredentialKeys.
 func New(t testing.TB) *postgres.DB {
 	t.Helper()
 	pg, err := postgres.Open(context.Background(), URL(t), 20)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if pg.Credentials, err = credential.ParseKeys(CredentialKeys); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(pg.Close)
