@@ -188,12 +188,21 @@ test('the operator story', async (t) => {
 
   await t.test('the deployment is resumed and runs again', async () => {
     const id = await submit('after the pause');
+    // Some traffic for the charts: a spread of latencies and a few failures.
+    for (let i = 0; i < 12; i++) await submit({ sleep_ms: 100 * i });
+    for (let i = 0; i < 3; i++) await submit({ fail_status: 500 }, { inference_retry_config: { max_attempts: 1 } });
     await page.goto(`${api}/console/`);
     await confirm('#resume-example-1');
     assert.match(await page.textContent('#dep-example-1'), /RUNNING/);
     await waitFor('the request to run after resume', async () => (await status(id)) === 'SUCCEEDED');
-    await page.reload();
+    await waitFor('the queue to drain', async () => {
+      await page.reload();
+      return /^0$/.test((await page.textContent('#dep-example-1 .stat .n')).trim())
+        && /^0/.test((await page.textContent('#dep-example-1 .stat:nth-child(2) .n')).trim());
+    });
     await shot('overview-after');
+    await page.goto(`${api}/console/requests`);
+    await shot('requests');
     assert.ok(queuedLater);
   });
 
