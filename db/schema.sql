@@ -271,7 +271,7 @@ CREATE INDEX async_requests_active_org_idx ON public.async_requests USING btree 
 
 CREATE INDEX async_requests_deployment_created_idx ON public.async_requests USING btree (deployment_id, created_at, id);
 
-CREATE INDEX async_requests_finished_idx ON public.async_requests USING btree (organization_id, finished_at) WHERE (finished_at IS NOT NULL);
+CREATE INDEX async_requests_finished_idx ON public.async_requests USING btree (organization_id, finished_at) INCLUDE (deployment_id, state, created_at) WHERE (finished_at IS NOT NULL);
 
 CREATE INDEX async_requests_in_progress_idx ON public.async_requests USING btree (deployment_id, lease_expires_at) WHERE (state = 'IN_PROGRESS'::text);
 
