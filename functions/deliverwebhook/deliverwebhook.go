@@ -413,9 +413,10 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 		return worker.Fetched{} // a freed slot wakes the loop
 	}
 	limit := min(free, d.claimBatch)
-	batch, err := d.db.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{
+	claim, err := d.db.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{
 		Owner: d.id, Limit: limit, Lease: d.lease,
 	})
+	batch := claim.Deliveries
 	d.stats.claims.Add(1)
 	d.stats.claimed.Add(int64(len(batch)))
 	if err != nil {
@@ -443,28 +444,15 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 		return worker.Fetched{}
 	default:
 	}
-	if wait, ok := d.nextDue(ctx); ok {
+	if d.dueTimer && claim.Pending {
+		// A millisecond late rather than early: a timer that fires before
+		// the due time claims nothing and sleeps again. A delivery that came
+		// due during the claim (or that another deliverer's claim holds
+		// locked) is looked for again after minClaimGap.
+		wait := max(claim.NextDue.Truncate(time.Millisecond)+time.Millisecond, minClaimGap)
 		return worker.Fetched{Next: time.Now().Add(wait)}
 	}
 	return worker.Fetched{}
-}
-
-// nextDue is how long until the earliest pending delivery comes due, and
-// false when none is pending or the deliverer does not look (the poll then
-// finds it). A delivery that came due after the claim looked (or that
-// another deliverer's claim holds locked) is looked for again after
-// minClaimGap.
-func (d *Deliverer) nextDue(ctx context.Context) (time.Duration, bool) {
-	if !d.dueTimer {
-		return 0, false
-	}
-	in, ok, err := d.db.WebhookDeliveryNextDue(ctx)
-	if err != nil || !ok {
-		return 0, false
-	}
-	// A millisecond late rather than early: a timer that fires before the
-	// due time claims nothing and sleeps again.
-	return max(in.Truncate(time.Millisecond)+time.Millisecond, minClaimGap), true
 }
 
 // record queues an outcome for the completer.
