@@ -7,9 +7,10 @@
 // claims due rows in batches under a lease, POSTs the signed payload to the
 // request's webhook_endpoint through the SSRF-safe client, and records
 // success, a retry on the configured schedule, or failure. A row whose
-// deliverer died is reclaimed when its lease runs out and sent again with the
-// same webhook-id and body: delivery is at least once, and receivers
-// deduplicate on webhook-id.
+// deliverer died is made due again by the maintainer's sweep
+// (shared/maintainer) once its lease runs out, and sent again with the same
+// webhook-id, data, errors and status and a fresh time: delivery is at least
+// once, and receivers deduplicate on webhook-id.
 //
 // The outcomes of many deliveries are written in one statement, each with
 // its row of delivery history. Deliverers wake on NOTIFY
