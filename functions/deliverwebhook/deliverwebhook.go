@@ -108,6 +108,9 @@ type Options struct {
 	// JitterFraction (see NextDelay); default uniformly random. It is called
 	// from concurrent deliveries.
 	Jitter func() float64
+	// Clock times the claim loop's sleeps (until the next due delivery, or
+	// the poll); default the system clock. Tests drive it by hand.
+	Clock worker.Clock
 	// PollInterval defaults to PollIntervalDefault.
 	PollInterval time.Duration
 	// Lease defaults to Config.Timeout + LeaseMarginDefault. A lease shorter
@@ -133,6 +136,7 @@ type Deliverer struct {
 	tracer   trace.Tracer
 	id       string
 	now      func() time.Time
+	clock    worker.Clock
 	jitter   func() float64
 	poll     time.Duration
 	lease    time.Duration
@@ -184,6 +188,7 @@ func New(o Options) *Deliverer {
 		tracer:       tp.Tracer(tracerName),
 		id:           cmp.Or(o.ID, defaultID()),
 		now:          o.Now,
+		clock:        cmp.Or[worker.Clock](o.Clock, worker.SystemClock),
 		jitter:       o.Jitter,
 		poll:         cmp.Or(o.PollInterval, PollIntervalDefault),
 		lease:        cmp.Or(o.Lease, cfg.Timeout+LeaseMarginDefault),
@@ -332,7 +337,7 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan str
 	defer stopFetch()
 	s := &session{
 		d:         d,
-		loop:      worker.NewLoop(worker.LoopConfig{Poll: d.poll}),
+		loop:      worker.NewLoop(worker.LoopConfig{Poll: d.poll, Clock: d.clock}),
 		workCtx:   workCtx,
 		lastCall:  lastCall,
 		stopFetch: stopFetch,
@@ -451,7 +456,7 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 		// due during the claim (or that another deliverer's claim holds
 		// locked) is looked for again after minClaimGap.
 		wait := max(claim.NextDue.Truncate(time.Millisecond)+time.Millisecond, minClaimGap)
-		return worker.Fetched{Next: time.Now().Add(wait)}
+		return worker.Fetched{Next: d.clock.Now().Add(wait)}
 	}
 	return worker.Fetched{}
 }
@@ -499,7 +504,7 @@ func (s *session) write(ctx context.Context, batch []outcome) error {
 	for i, o := range batch {
 		outs[i] = o.WebhookOutcome
 	}
-	written := time.Now()
+	written := d.clock.Now()
 	ids, err := d.db.WebhookDeliveryRecordBatch(ctx, d.id, outs)
 	if err != nil {
 		return err
