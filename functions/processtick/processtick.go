@@ -4,9 +4,14 @@
 //
 // The same Processor runs as a scheduled function (Tick: one bounded run per
 // invocation) and as a long-running loop (Run: until SIGTERM, then a
-// graceful stop). Either way it wakes on LISTEN/NOTIFY and polls as a
-// safety net, renews the leases of the requests it works on, and sweeps what
-// nobody else will: lost leases, queue deadlines and retention.
+// graceful stop). Either way it runs on the shared loop (shared/worker):
+// it claims when woken by LISTEN/NOTIFY, when slots free up and at the
+// earliest due time of the waiting requests, and polls as a safety net;
+// it renews the leases of the requests it works on; and it runs a
+// maintainer (shared/maintainer), which sweeps lost leases, queue deadlines
+// and retention whenever this process holds the maintainers' lock.
+// Whether and when a request runs again is the retry policy's
+// (shared/retry).
 package processtick
 
 import (
@@ -102,6 +107,9 @@ type Processor struct {
 	tracer     trace.Tracer
 	policy     retry.Policy
 	clock      worker.Clock
+	// noDueTimes leaves the claims to wake-ups and the poll (benchmarks'
+	// baseline).
+	noDueTimes bool
 	// claimBatch and completeBatch cap the requests of one claim and one
 	// completion statement; completeBatchBytes caps the outputs of one
 	// completion statement.
@@ -110,8 +118,9 @@ type Processor struct {
 	// keeps the most output bytes one completion statement carried.
 	stats struct{ claims, claimed, writes, written, writeBytesMax atomic.Int64 }
 
-	depthMu   sync.Mutex
-	depthSeen map[[2]string]bool // queue-depth series set so far
+	depthMu    sync.Mutex
+	depthSeen  map[[2]string]bool // queue-depth series set so far
+	pausedSeen map[string]bool    // paused-deployment series set so far
 }
 
 // New returns a Processor, applying the defaults to unset options.
@@ -243,6 +252,21 @@ func (p *Processor) RefreshQueueDepth(ctx context.Context) error {
 		}
 	}
 	p.depthSeen = seen
+	paused, err := p.db.DeploymentPausedList(ctx)
+	if err != nil {
+		return err
+	}
+	pausedNow := map[string]bool{}
+	for _, id := range paused {
+		pausedNow[id] = true
+		p.metrics.DeploymentPaused.WithLabelValues(id).Set(1)
+	}
+	for id := range p.pausedSeen {
+		if !pausedNow[id] {
+			p.metrics.DeploymentPaused.DeleteLabelValues(id)
+		}
+	}
+	p.pausedSeen = pausedNow
 	return nil
 }
 
