@@ -65,6 +65,7 @@ func New(o Options) http.Handler {
 		httpapi.HandlerResult:        limit(http.HandlerFunc(s.result)),
 		httpapi.HandlerRedeliver:     limit(http.HandlerFunc(s.redeliver)),
 		httpapi.HandlerQueueStatus:   limit(http.HandlerFunc(s.queueStatus)),
+		httpapi.HandlerOpenAPI:       http.HandlerFunc(httpapi.ServeOpenAPI),
 	}
 	maps.Copy(handlers, o.Handlers)
 	routes := httpapi.Routes
