@@ -27,10 +27,11 @@ CREATE TABLE console_login_tokens (
 );
 
 -- The console's charts: an organization's requests by the time they
--- finished, so the last hour reads only the last hour's rows however many
--- finished rows the table holds.
+-- finished, covering what the charts read (an index-only scan), so the
+-- last hour reads only the last hour's entries however many finished rows
+-- the table holds.
 CREATE INDEX async_requests_finished_idx ON async_requests (organization_id, finished_at)
-    WHERE finished_at IS NOT NULL;
+    INCLUDE (deployment_id, state, created_at) WHERE finished_at IS NOT NULL;
 
 -- migrate:down
 DROP INDEX async_requests_finished_idx;

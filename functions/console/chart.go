@@ -46,6 +46,8 @@ type chartTick struct {
 
 type chartLine struct {
 	Class, Label, Points string
+	// Dots mark each minute's value, so a lone minute shows too.
+	Dots []chartTick
 }
 
 type legendEntry struct {
@@ -207,20 +209,25 @@ func latencyChart(minutes [chartMinutes]*MinuteStat, start time.Time) chart {
 		{"l-p99", "p99", func(m *MinuteStat) time.Duration { return m.P99 }},
 	} {
 		var pts []string
-		var last time.Duration
+		var dots []chartTick
+		last := "–"
 		for i, m := range minutes {
 			if m == nil {
 				continue
 			}
-			last = series.get(m)
-			pts = append(pts, fmt.Sprintf("%.1f,%.1f", c.x(i)+w/2, c.y(last.Seconds(), top)))
+			v := series.get(m)
+			x, y := c.x(i)+w/2, c.y(v.Seconds(), top)
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x, y))
+			dots = append(dots, chartTick{X: x, Y: y, Label: fmt.Sprintf("%s %s: %s", m.Minute.UTC().Format("15:04"), series.label, formatDuration(v))})
+			last = formatDuration(v)
 		}
-		if len(pts) == 1 { // one point: a short dash, so it shows
-			pts = append(pts, pts[0])
-		}
-		c.Lines = append(c.Lines, chartLine{Class: series.class, Label: series.label, Points: strings.Join(pts, " ")})
-		c.Legend = append(c.Legend, legendEntry{Class: series.class, Label: series.label + " " + formatDuration(last)})
+		c.Lines = append(c.Lines, chartLine{Class: series.class, Label: series.label, Points: strings.Join(pts, " "), Dots: dots})
+		c.Legend = append(c.Legend, legendEntry{Class: series.class, Label: series.label + " " + last})
 	}
-	c.Summary = "latest minute: " + c.Legend[0].Label + ", " + c.Legend[1].Label + ", " + c.Legend[2].Label
+	if c.Lines[0].Points == "" {
+		c.Summary = "nothing finished in the last hour"
+	} else {
+		c.Summary = "latest minute with completions: " + c.Legend[0].Label + ", " + c.Legend[1].Label + ", " + c.Legend[2].Label
+	}
 	return c
 }

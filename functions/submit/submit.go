@@ -91,9 +91,9 @@ type Options struct {
 	// Now is the clock of the caches and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
-	// Batch tunes the group commit of submits; zero values take
-	// postgres.RequestBatcher's defaults.
-	Batch postgres.RequestBatcherOptions
+	// Batcher group-commits the submits; default a
+	// postgres.RequestBatcher of DB with its default options.
+	Batcher *postgres.RequestBatcher
 }
 
 // New returns the submit handler, serving the routes of SPEC §3 under
@@ -109,8 +109,9 @@ func New(o Options) http.Handler {
 		deps:   map[postgres.DeploymentTarget]cachedDeployment{},
 		m:      o.Metrics,
 	}
-	if o.DB != nil {
-		s.batcher = postgres.NewRequestBatcher(o.DB, o.Batch)
+	s.batcher = o.Batcher
+	if s.batcher == nil && o.DB != nil {
+		s.batcher = postgres.NewRequestBatcher(o.DB, postgres.RequestBatcherOptions{})
 	}
 	if s.now == nil {
 		s.now = time.Now

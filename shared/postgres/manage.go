@@ -540,10 +540,16 @@ func scanDeploymentInfo(row pgx.CollectableRow) (DeploymentInfo, error) {
 	return d, err
 }
 
+// deploymentInfoSettings keep the queue figures on the partial indexes;
+// ruling out sequential scans makes the plan's cost huge, which would
+// JIT-compile a query of microseconds (about a second on a busy machine),
+// so JIT is off too.
+const deploymentInfoSettings = `SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)`
+
 // DeploymentList returns an organization's deployments with their queue
 // figures, by model and id.
 func (db *DB) DeploymentList(ctx context.Context, organizationID int64) ([]DeploymentInfo, error) {
-	ds, err := queryWith(ctx, db.Pool, `SELECT set_config('enable_seqscan', 'off', true)`, scanDeploymentInfo,
+	ds, err := queryWith(ctx, db.Pool, deploymentInfoSettings, scanDeploymentInfo,
 		deploymentInfoSQL+` WHERE m.organization_id = $1 ORDER BY d.model_id, d.id`, organizationID)
 	if err != nil {
 		return nil, fmt.Errorf("list deployments: %w", err)
@@ -557,7 +563,7 @@ func (db *DB) DeploymentInfoGet(ctx context.Context, organizationID int64, id st
 	if !textStorable(id) {
 		return DeploymentInfo{}, ErrNotFound
 	}
-	ds, err := queryWith(ctx, db.Pool, `SELECT set_config('enable_seqscan', 'off', true)`, scanDeploymentInfo,
+	ds, err := queryWith(ctx, db.Pool, deploymentInfoSettings, scanDeploymentInfo,
 		deploymentInfoSQL+` WHERE m.organization_id = $1 AND d.id = $2`, organizationID, id)
 	if err != nil {
 		return DeploymentInfo{}, fmt.Errorf("get deployment: %w", err)

@@ -41,7 +41,7 @@ func main() {
 	flag.StringVar(&o.Key, "key", env("LOADTEST_API_KEY", ""), "the API key (LOADTEST_API_KEY)")
 	flag.StringVar(&o.Secret, "secret", env("LOADTEST_WEBHOOK_SECRET", ""),
 		"the organization's webhook secret, to verify webhooks; unset, only submits are measured (LOADTEST_WEBHOOK_SECRET)")
-	flag.StringVar(&o.Listen, "listen", env("LOADTEST_LISTEN", "127.0.0.1:9005"), "the webhook receiver's address (LOADTEST_LISTEN)")
+	flag.StringVar(&o.Listen, "listen", env("LOADTEST_LISTEN", "127.0.0.1:9006"), "the webhook receiver's address (LOADTEST_LISTEN)")
 	flag.StringVar(&o.WebhookURL, "webhook-url", env("LOADTEST_WEBHOOK_URL", ""),
 		"the receiver's URL as the service reaches it; default http://{listen}/webhook (LOADTEST_WEBHOOK_URL)")
 	flag.IntVar(&o.Concurrency, "concurrency", envInt("LOADTEST_CONCURRENCY", loadtest.ConcurrencyDefault), "submits in flight (LOADTEST_CONCURRENCY)")
