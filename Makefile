@@ -6,7 +6,7 @@ LAMBDA_FLAGS = CGO_ENABLED=0 GOOS=linux GOARCH=$(GOARCH_LAMBDA)
 LAMBDA_BUILD = $(LAMBDA_FLAGS) $(GO) build -tags lambda.norpc -trimpath -ldflags='-s -w'
 STATICCHECK  = $(GO) tool staticcheck
 
-.PHONY: dev run-server run-processor run-local-webhook test test-browser lint fmt build bench schema \
+.PHONY: dev run-server run-processor run-local-webhook run-example-model test test-browser lint fmt build bench loadtest schema \
 	build-SubmitFunction build-StatusFunction build-ProcessTickFunction build-DeliverWebhookFunction
 
 ## dev: everything in one process (API :9001, processor :9002, webhook receiver :9003, example model :9004)
@@ -28,6 +28,11 @@ run-processor:
 run-local-webhook:
 	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
 	exec bin/asyncdev webhook
+
+## run-example-model: the example model alone on :9004, a deployment's model for trying the service
+run-example-model:
+	$(GO) build -o bin/examplemodel ./localdev/cmd/examplemodel
+	exec bin/examplemodel
 
 ## test: every test, with the race detector, against TEST_DATABASE_URL (else a throwaway container or initdb cluster)
 test:
@@ -55,11 +60,17 @@ fmt:
 bench: SHELL := /bin/bash
 bench:
 	@[ -n "$$TEST_DATABASE_URL" ] || echo "bench: TEST_DATABASE_URL is unset; trying a Postgres container"
-	set -o pipefail; $(GO) test -run '^$$' -bench . -benchtime 3x ./functions/... 2>&1 | tee bench-results.txt
+	set -o pipefail; $(GO) test -p 1 -timeout 20m -run '^$$' -bench . -benchtime 3x ./functions/... 2>&1 | tee bench-results.txt
 	@grep -q 'req/s' bench-results.txt || { echo "bench: no figures (no database?): set TEST_DATABASE_URL"; exit 1; }
-	@summary=$$(awk '/req\/s/ { line = sprintf("%-45s", $$1); \
+	@summary=$$(awk '/req\/s|late-ms|p50-ms/ { line = sprintf("%-45s", $$1); \
 		for (i = 3; i < NF; i += 2) if ($$(i+1) != "ns/op") line = line sprintf(" %10s %s", $$i, $$(i+1)); print line }' \
 		bench-results.txt); printf '\nsummary\n%s\n' "$$summary" | tee -a bench-results.txt
+
+## loadtest: drive a running service through its public API (LOADTEST_URL, LOADTEST_API_KEY,
+## LOADTEST_WEBHOOK_SECRET, LOADTEST_CONCURRENCY, LOADTEST_COUNT; or ARGS='-count 20000 ...')
+loadtest:
+	$(GO) build -o bin/asyncload ./localdev/cmd/asyncload
+	bin/asyncload $(ARGS)
 
 ## schema: regenerate db/schema.sql from a scratch database
 schema:

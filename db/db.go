@@ -8,6 +8,7 @@ package db
 
 import (
 	"context"
+	"crypto/tls"
 	"embed"
 	"errors"
 	"fmt"
@@ -50,19 +51,51 @@ func newDBMate(databaseURL string, log io.Writer) (*dbmate.DB, error) {
 // and the operator command (asyncctl migrate) do this; tests migrate a
 // template database that exists already.
 func Migrate(ctx context.Context, databaseURL string, create bool, log io.Writer) error {
-	m, err := newDBMate(databaseURL, log)
-	if err != nil {
-		return err
-	}
 	if create {
 		if err := EnsureDatabase(ctx, databaseURL); err != nil {
 			return err
 		}
 	}
+	databaseURL, err := withSSLMode(ctx, databaseURL)
+	if err != nil {
+		return err
+	}
+	m, err := newDBMate(databaseURL, log)
+	if err != nil {
+		return err
+	}
 	if err := m.Migrate(); err != nil {
 		return fmt.Errorf("migrate: %w", err)
 	}
 	return nil
+}
+
+// withSSLMode gives a URL without sslmode the one that pgx, and so every
+// other binary, uses for it: "prefer", TLS when the server offers it. The
+// migrations run through lib/pq, which has no prefer and requires TLS when
+// sslmode is unset, so the URL gets sslmode=require or sslmode=disable
+// after a connection shows which one the server takes.
+func withSSLMode(ctx context.Context, databaseURL string) (string, error) {
+	u, err := url.Parse(databaseURL)
+	if err != nil {
+		return "", fmt.Errorf("parse database url: %w", err)
+	}
+	q := u.Query()
+	if q.Get("sslmode") != "" {
+		return databaseURL, nil
+	}
+	conn, err := pgx.Connect(ctx, databaseURL)
+	if err != nil {
+		return "", fmt.Errorf("connect to database: %w", err)
+	}
+	_, isTLS := conn.PgConn().Conn().(*tls.Conn)
+	_ = conn.Close(ctx)
+	q.Set("sslmode", "disable")
+	if isTLS {
+		q.Set("sslmode", "require")
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
 }
 
 // MaintenanceDatabases are the databases EnsureDatabase connects to, in

@@ -3,6 +3,7 @@ package db_test
 import (
 	"context"
 	"crypto/rand"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
+	"github.com/openasync/asyncrequest/shared/postgres/throwaway"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
@@ -69,5 +71,25 @@ func TestMigrateWithoutCreate(t *testing.T) {
 	u.Path = "/migrate_missing_" + strings.ToLower(rand.Text()[:8])
 	if err := db.Migrate(context.Background(), u.String(), false, nil); err == nil {
 		t.Fatal("migrating a missing database without create succeeded")
+	}
+}
+
+// TestMigrateWithoutSSLMode migrates through a URL without sslmode on a
+// server without TLS (a throwaway initdb cluster), as pgx connects to it
+// (prefer): lib/pq, which runs the migrations, alone would require TLS.
+func TestMigrateWithoutSSLMode(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s, err := throwaway.StartInitdb(ctx, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	u, _ := url.Parse(s.DatabaseURL("asyncrequest"))
+	q := u.Query()
+	q.Del("sslmode")
+	u.RawQuery = q.Encode()
+	if err := db.Migrate(ctx, u.String(), true, nil); err != nil {
+		t.Fatalf("migrate %s: %v", u.Redacted(), err)
 	}
 }

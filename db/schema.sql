@@ -57,7 +57,8 @@ CREATE TABLE public.async_requests (
     CONSTRAINT async_requests_priority_check CHECK (((priority >= 0) AND (priority <= 2))),
     CONSTRAINT async_requests_state_check CHECK ((state = ANY (ARRAY['QUEUED'::text, 'IN_PROGRESS'::text, 'SUCCEEDED'::text, 'FAILED'::text, 'EXPIRED'::text, 'CANCELED'::text, 'WEBHOOK_FAILED'::text]))),
     CONSTRAINT async_requests_webhook_state_check CHECK ((webhook_state = ANY (ARRAY['PENDING'::text, 'SUCCEEDED'::text, 'FAILED'::text, 'CANCELED'::text, 'NO_WEBHOOK_PROVIDED'::text])))
-);
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='10000', autovacuum_vacuum_insert_scale_factor='0', autovacuum_vacuum_insert_threshold='10000', autovacuum_analyze_scale_factor='0', autovacuum_analyze_threshold='10000', autovacuum_vacuum_cost_delay='0');
 
 CREATE TABLE public.console_login_tokens (
     token_hash bytea NOT NULL,
@@ -167,7 +168,8 @@ CREATE TABLE public.webhook_deliveries (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     finished_at timestamp with time zone,
     CONSTRAINT webhook_deliveries_state_check CHECK ((state = ANY (ARRAY['PENDING'::text, 'IN_PROGRESS'::text, 'SUCCEEDED'::text, 'FAILED'::text])))
-);
+)
+WITH (fillfactor='80', autovacuum_vacuum_scale_factor='0', autovacuum_vacuum_threshold='5000', autovacuum_vacuum_insert_scale_factor='0', autovacuum_vacuum_insert_threshold='5000', autovacuum_analyze_scale_factor='0', autovacuum_analyze_threshold='5000', autovacuum_vacuum_cost_delay='0');
 
 ALTER TABLE public.webhook_deliveries ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     SEQUENCE NAME public.webhook_deliveries_id_seq
@@ -348,5 +350,6 @@ ALTER TABLE ONLY public.webhook_secrets
 -- Applied migrations
 INSERT INTO public.schema_migrations VALUES ('20261128000001');
 INSERT INTO public.schema_migrations VALUES ('20261201000001');
+INSERT INTO public.schema_migrations VALUES ('20261201000002');
 INSERT INTO public.schema_migrations VALUES ('20261201000003');
 INSERT INTO public.schema_migrations VALUES ('20261201000004');

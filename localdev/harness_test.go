@@ -369,12 +369,14 @@ func TestPieces(t *testing.T) {
 	}
 
 	bin := buildAsyncdev(t)
-	ports := freePorts(t, 3)
+	ports := freePorts(t, 4)
 	c := client{api: "http://127.0.0.1:" + ports[0], receiver: "http://127.0.0.1:" + ports[2]}
-	server := startAsyncdev(t, bin, "server", []string{"DATABASE_URL=" + url, "API_PORT=" + ports[0]}, func(*process) bool {
+	// make dev alone forces these on; the production processes take them as set.
+	local := []string{"DATABASE_URL=" + url, "WEBHOOK_ALLOW_HTTP=true", "WEBHOOK_ALLOW_PRIVATE=true"}
+	server := startAsyncdev(t, bin, "server", append(local, "API_PORT="+ports[0], "API_ADMIN_PORT="+ports[3]), func(*process) bool {
 		return answers(c.api+"/models/example/production/async_queue_status", "Authorization", "Api-Key "+testAPIKey)
 	})
-	processor := startAsyncdev(t, bin, "processor", []string{"DATABASE_URL=" + url, "PROCESSOR_PORT=" + ports[1]}, func(*process) bool {
+	processor := startAsyncdev(t, bin, "processor", append(local, "PROCESSOR_PORT="+ports[1]), func(*process) bool {
 		return answers("http://127.0.0.1:" + ports[1] + "/readyz")
 	})
 	receiver := startAsyncdev(t, bin, "webhook", []string{"WEBHOOK_RECEIVER_PORT=" + ports[2], "LOCALDEV_WEBHOOK_SECRET=" + secret}, func(*process) bool {

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -35,6 +36,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpserver"
 	service "github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/probe"
 	"github.com/openasync/asyncrequest/shared/webhook"
@@ -79,8 +81,10 @@ var Commands = map[string]string{
 
 // Run runs command (one of Commands) until ctx is canceled, then stops
 // gracefully and returns nil. The ready banner of dev goes to out; logs go
-// to stderr. Configuration comes from the environment, with http and
-// private webhook URLs always allowed and text logs by default.
+// to stderr. Configuration comes from the environment, with text logs by
+// default; dev alone also forces http and private webhook URLs on, since
+// its receiver is on localhost. server and processor are production
+// processes and honour WEBHOOK_ALLOW_HTTP and WEBHOOK_ALLOW_PRIVATE as set.
 func Run(ctx context.Context, command string, out io.Writer) error {
 	var local Config
 	if err := envconfig.Process(ctx, &local); err != nil {
@@ -106,7 +110,7 @@ func Run(ctx context.Context, command string, out io.Writer) error {
 		return errors.New("configuration: LOCALDEV_WEBHOOK_SECRET: dev takes one secret (the webhook command takes several)")
 	}
 	throwaway := command == "dev" && os.Getenv("DATABASE_URL") == "" && os.Getenv("DB_HOST") == ""
-	cfg, err := config.LoadFrom(ctx, lookuper(throwaway || command == "webhook"))
+	cfg, err := config.LoadFrom(ctx, lookuper(command == "dev", throwaway || command == "webhook"))
 	if err != nil {
 		return err
 	}
@@ -129,19 +133,40 @@ func Run(ctx context.Context, command string, out io.Writer) error {
 // webhook receiver); it is never connected to.
 const placeholderDatabaseURL = "postgres://postgres@127.0.0.1:5432/" + ThrowawayDatabase
 
-// lookuper reads the environment, with the harness's overrides: webhook
-// URLs over http and to private addresses are allowed (the receiver is on
-// localhost), and logs are text unless LOG_FORMAT says otherwise.
-func lookuper(placeholderDB bool) envconfig.Lookuper {
+// lookuper reads the environment, with the harness's overrides: logs are
+// text unless LOG_FORMAT says otherwise and, with devSettings (make dev
+// alone), webhook URLs over http and to private addresses are allowed
+// whatever the environment says (the receiver is on localhost).
+func lookuper(devSettings, placeholderDB bool) envconfig.Lookuper {
 	defaults := map[string]string{"LOG_FORMAT": "text"}
 	if placeholderDB {
 		defaults["DATABASE_URL"] = placeholderDatabaseURL
 	}
+	forced := map[string]string{}
+	if devSettings {
+		forced["WEBHOOK_ALLOW_HTTP"], forced["WEBHOOK_ALLOW_PRIVATE"] = "true", "true"
+	}
 	return envconfig.MultiLookuper(
-		envconfig.MapLookuper(map[string]string{"WEBHOOK_ALLOW_HTTP": "true", "WEBHOOK_ALLOW_PRIVATE": "true"}),
+		envconfig.MapLookuper(forced),
 		envconfig.OsLookuper(),
 		envconfig.MapLookuper(defaults),
 	)
+}
+
+// warnWebhookPolicy logs one warning line when cfg lets webhooks go over
+// http or to private addresses, so a production process started with
+// development settings says so.
+func warnWebhookPolicy(log *slog.Logger, cfg config.Config) {
+	var allowed []string
+	if cfg.Webhook.AllowHTTP {
+		allowed = append(allowed, "http:// URLs (WEBHOOK_ALLOW_HTTP)")
+	}
+	if cfg.Webhook.AllowPrivate {
+		allowed = append(allowed, "loopback and private addresses (WEBHOOK_ALLOW_PRIVATE)")
+	}
+	if len(allowed) > 0 {
+		log.Warn("webhooks may go to " + strings.Join(allowed, " and ") + ": for local development only")
+	}
 }
 
 // harness runs one command.
@@ -198,6 +223,7 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 		return err
 	}
 	defer p.Close()
+	warnWebhookPolicy(p.Logger, h.cfg)
 
 	modelURL := "http://" + net.JoinHostPort(loopback(h.local.ListenHost), strconv.Itoa(port(ls[3])))
 	seeded, err := Seed(ctx, p.DB, SeedOptions{
@@ -211,7 +237,8 @@ func (h *harness) dev(ctx context.Context, throwaway bool) error {
 	}
 
 	var run runner
-	api := run.serve(ls[0], p.Logger, h.api(p))
+	// One registry: the processor's port serves the API's metrics too.
+	api := run.start(ls[0], h.apiServer(p))
 	run.serve(ls[1], p.Logger, probe.New(p.DB, p.Registry))
 	run.serve(ls[2], p.Logger, receiver.New(receiver.Options{
 		Logger: p.Logger.With("component", "receiver"),
@@ -255,14 +282,17 @@ func (h *harness) server(ctx context.Context) error {
 		return err
 	}
 	defer p.Close()
-	ls, err := h.listen(portVar{"API_PORT", h.cfg.API.Port})
+	ls, err := h.listen(portVar{"API_PORT", h.cfg.API.Port}, portVar{"API_ADMIN_PORT", h.cfg.API.AdminPort})
 	if err != nil {
 		return err
 	}
 	var run runner
-	run.serve(ls[0], p.Logger, h.api(p))
-	p.Logger.Info("API listening", "addr", ls[0].Addr().String())
+	api := run.start(ls[0], h.apiServer(p))
+	run.serve(ls[1], p.Logger, probe.New(p.DB, p.Registry))
+	p.Logger.Info("API listening; probes and metrics listening", "addr", ls[0].Addr().String(), "admin_addr", ls[1].Addr().String(),
+		"max_conns", h.cfg.API.Server.MaxConns)
 	err = run.wait(ctx)
+	run.shutdown(api) // before the probes, so /readyz answers while the API drains
 	run.shutdownAll()
 	return err
 }
@@ -319,10 +349,23 @@ func (h *harness) start(ctx context.Context, service string) (*bootstrap.Process
 	if err != nil {
 		return nil, err
 	}
+	warnWebhookPolicy(p.Logger, h.cfg)
 	if err := probe.Ready(ctx, p.DB); err != nil {
 		p.Logger.Warn("database not ready; run make dev once against it, or the operator's migrate command", "reason", err)
 	}
 	return p, nil
+}
+
+// apiServer is the API (api) with the server limits of API_* and HTTP
+// server metrics.
+func (h *harness) apiServer(p *bootstrap.Process) *httpserver.Server {
+	return httpserver.New(httpserver.Options{
+		Handler:    p.Metrics.InstrumentHandler(h.api(p)),
+		Limits:     h.cfg.API.Server,
+		Overloaded: httpapi.Overloaded,
+		Logger:     p.Logger,
+		Metrics:    p.Metrics,
+	})
 }
 
 // api is the API as the functions serve it: submit, status and the
@@ -421,16 +464,29 @@ func note(cond bool, yes, no string) string {
 
 // runner serves HTTP servers and stops them.
 type runner struct {
-	servers []*http.Server
+	servers []server
 	errs    chan error
 }
 
-// serve serves h on l in the background.
-func (r *runner) serve(l net.Listener, log *slog.Logger, h http.Handler) *http.Server {
+// server is an *http.Server or an *httpserver.Server.
+type server interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+	Close() error
+}
+
+// serve serves h on l in the background (the probes, the receiver, the
+// example model: the API has its own limits, in apiServer).
+func (r *runner) serve(l net.Listener, log *slog.Logger, h http.Handler) server {
+	return r.start(l, &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
+}
+
+// start serves s on l in the background.
+func (r *runner) start(l net.Listener, s server) server {
 	if r.errs == nil {
 		r.errs = make(chan error, 8)
 	}
-	s := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	r.servers = append(r.servers, s)
 	go func() {
 		if err := s.Serve(l); !errors.Is(err, http.ErrServerClosed) {
@@ -450,7 +506,7 @@ func (r *runner) wait(ctx context.Context) error {
 	}
 }
 
-func (r *runner) shutdown(s *http.Server) {
+func (r *runner) shutdown(s server) {
 	ctx, cancel := context.WithTimeout(context.Background(), ShutdownTimeoutDefault)
 	defer cancel()
 	if err := s.Shutdown(ctx); err != nil {

@@ -99,6 +99,7 @@ func (s *session) deliver(ctx context.Context, del postgres.WebhookDelivery) {
 	}
 
 	a := d.send(ctx, del)
+	s.sent()
 	if a.status != 0 {
 		span.SetAttributes(attribute.Int("http.response.status_code", a.status))
 	}

@@ -40,6 +40,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/safehttp"
 	"github.com/openasync/asyncrequest/shared/telemetry"
+	"github.com/openasync/asyncrequest/shared/worker"
 )
 
 const (
@@ -64,9 +65,6 @@ const (
 	// recordTimeout bounds recording an outcome, which runs even while the
 	// deliverer is stopping.
 	recordTimeout = 10 * time.Second
-	// reclaimInterval is how often the claim loop makes the deliveries of
-	// dead deliverers due again.
-	reclaimInterval = 5 * time.Second
 	// minClaimGap is the shortest sleep between claims that found less
 	// than they could take.
 	minClaimGap = time.Millisecond
@@ -93,8 +91,9 @@ type Options struct {
 	// Metrics, when set, counts deliveries by outcome and times them.
 	Metrics *telemetry.Metrics
 	// Client sends the webhooks. Nil means safehttp.NewClient with the
-	// policy of Config (AllowHTTP, AllowPrivate) and Config.Timeout. Whatever
-	// the client, redirects are never followed.
+	// policy of Config (AllowHTTP, AllowPrivate) and Config.Timeout, keeping
+	// up to Config.Concurrency idle connections per host. Whatever the
+	// client, redirects are never followed.
 	Client *http.Client
 	// TracerProvider makes the delivery spans; nil means the global one.
 	TracerProvider trace.TracerProvider
@@ -160,6 +159,12 @@ func New(o Options) *Deliverer {
 	client := o.Client
 	if client == nil {
 		client = safehttp.NewClient(safehttp.Policy{AllowHTTP: cfg.AllowHTTP, AllowPrivate: cfg.AllowPrivate}, cfg.Timeout)
+		if tr, ok := client.Transport.(*http.Transport); ok {
+			// Keep a connection per concurrent delivery: a busy receiver
+			// then costs no new connection per webhook.
+			tr.MaxIdleConnsPerHost = cfg.Concurrency
+			tr.MaxIdleConns = max(tr.MaxIdleConns, cfg.Concurrency)
+		}
 	} else {
 		c := *client
 		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
@@ -218,8 +223,6 @@ type TickResult struct {
 	// HandedBack counts deliveries released unfinished when the tick's
 	// context ended.
 	HandedBack int `json:"handed_back"`
-	// Reclaimed counts deliveries of dead deliverers made due again.
-	Reclaimed int `json:"reclaimed"`
 	// Lost counts outcomes that could not be recorded because the lease
 	// had passed to another deliverer (or the database was unreachable);
 	// those webhooks are sent again.
@@ -228,14 +231,13 @@ type TickResult struct {
 
 // counters is TickResult, updated by concurrent deliveries.
 type counters struct {
-	claimed, succeeded, retried, failed, handedBack, reclaimed, lost atomic.Int64
+	claimed, succeeded, retried, failed, handedBack, lost atomic.Int64
 }
 
 func (c *counters) result() TickResult {
 	return TickResult{
 		Claimed: int(c.claimed.Load()), Succeeded: int(c.succeeded.Load()), Retried: int(c.retried.Load()),
-		Failed: int(c.failed.Load()), HandedBack: int(c.handedBack.Load()), Reclaimed: int(c.reclaimed.Load()),
-		Lost: int(c.lost.Load()),
+		Failed: int(c.failed.Load()), HandedBack: int(c.handedBack.Load()), Lost: int(c.lost.Load()),
 	}
 }
 
@@ -294,17 +296,23 @@ func (d *Deliverer) Run(ctx context.Context) error {
 
 // session is the state of one Tick or Run.
 type session struct {
-	d *Deliverer
-	c counters
+	d         *Deliverer
+	c         counters
+	loop      *worker.Loop
+	completer *worker.Completer[outcome]
+	workCtx   context.Context
+	// lastCall is closed once the upstream has stopped; stopFetch ends the
+	// fetching then, once a claim finds nothing more due.
+	lastCall  <-chan struct{}
+	stopFetch context.CancelFunc
 
-	mu       sync.Mutex
-	inflight int       // claimed, outcome not yet written or handed back
-	pending  []outcome // outcomes waiting for the completer
+	mu      sync.Mutex
+	sending int  // claimed, attempt under way
+	held    int  // claimed, outcome not yet written or handed back
+	full    bool // the last fetch was limited by free slots: wake the loop when one frees
 
-	outcomeReady chan struct{} // 1-buffered: pending has outcomes
-	freed        chan struct{} // 1-buffered: outcomes were written, slots are free
-	wake         chan struct{} // 1-buffered: deliveries may be due
-	closing      chan struct{} // closed once no outcome can come any more
+	deliveries sync.WaitGroup
+	claimErr   error // the last claim's error; only the fetch loop touches it
 }
 
 // outcome is an attempt's outcome on its way to the database.
@@ -313,199 +321,200 @@ type outcome struct {
 	log *slog.Logger
 }
 
-func nudge(c chan struct{}) {
-	select {
-	case c <- struct{}{}:
-	default:
-	}
-}
-
 // serve claims and dispatches deliveries until claimCtx ends, or, once
 // lastCall is closed, until a claim finds nothing more due; it then waits
 // for the deliveries under way, which run under workCtx, and for the
 // completer to write their outcomes. With stopOnError a failed claim ends
 // it; otherwise it is logged and retried at the next poll.
 func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan struct{}, stopOnError bool) (TickResult, error) {
+	fetchCtx, stopFetch := context.WithCancel(claimCtx)
+	defer stopFetch()
 	s := &session{
-		d:            d,
-		outcomeReady: make(chan struct{}, 1),
-		freed:        make(chan struct{}, 1),
-		wake:         make(chan struct{}, 1),
-		closing:      make(chan struct{}),
+		d:         d,
+		loop:      worker.NewLoop(worker.LoopConfig{Poll: d.poll}),
+		workCtx:   workCtx,
+		lastCall:  lastCall,
+		stopFetch: stopFetch,
 	}
-	var deliveries sync.WaitGroup
-
-	listenCtx, stopListen := context.WithCancel(claimCtx)
-	var helpers sync.WaitGroup
-	helpers.Go(func() { d.listen(listenCtx, s.wake) })
+	s.completer = worker.NewCompleter(worker.CompleterConfig[outcome]{
+		Write:    s.write,
+		MaxBatch: d.outcomeBatch,
+		OnError: func(err error, batch []outcome) {
+			d.log.Warn("recording webhook outcomes failed; retrying", "error", err, "count", len(batch))
+		},
+	})
+	// Outcomes are written through the drain, and for a while after the
+	// deliveries have stopped; those still unwritten then are sent again
+	// when their lease runs out.
+	bg, stopBg := context.WithCancel(context.WithoutCancel(workCtx))
+	defer stopBg()
 	completerDone := make(chan struct{})
 	go func() {
 		defer close(completerDone)
-		s.completeLoop(context.WithoutCancel(workCtx))
+		s.completer.Run(bg)
 	}()
 
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	var serveErr error
-	var lastReclaim time.Time
-	full := false  // the last claim took every free slot: look again when one frees
-	final := false // the upstream has stopped: claim what is due, then stop
-	for {
-		select {
-		case <-claimCtx.Done():
-		case <-s.wake:
-		case <-timer.C:
-		case <-freedIf(full, s.freed):
-		case <-lastCallIf(!final, lastCall):
-			final = true
-		}
-		if claimCtx.Err() != nil {
-			break
-		}
-
-		if time.Since(lastReclaim) >= reclaimInterval {
-			lastReclaim = time.Now()
-			if n, err := d.db.WebhookDeliveryReclaimExpired(claimCtx); err != nil {
-				if claimCtx.Err() != nil {
-					break
-				}
-				d.log.Warn("reclaim webhook deliveries", "error", err)
-			} else if n > 0 {
-				s.c.reclaimed.Add(int64(n))
-				d.log.Info("reclaimed webhook deliveries whose lease ran out", "count", n)
-			}
-		}
-
-		s.mu.Lock()
-		free := d.cfg.Concurrency - s.inflight
-		s.mu.Unlock()
-		full = free <= 0
-		if full {
-			timer.Reset(d.poll)
-			continue
-		}
-		limit := min(free, d.claimBatch)
-		batch, err := d.db.WebhookDeliveryClaimBatch(claimCtx, postgres.WebhookDeliveryClaimParams{
-			Owner: d.id, Limit: limit, Lease: d.lease,
+	var helpers sync.WaitGroup
+	helpers.Go(func() {
+		d.db.WakeListen(fetchCtx, postgres.WebhookWakeChannel, s.loop.Wake, func(err error) {
+			d.log.Warn("listen for webhook wake-ups; polling meanwhile", "error", err)
 		})
-		d.stats.claims.Add(1)
-		d.stats.claimed.Add(int64(len(batch)))
-		if err != nil {
-			if claimCtx.Err() != nil {
-				break
+	})
+	if lastCall != nil {
+		helpers.Go(func() {
+			select {
+			case <-lastCall:
+				s.loop.Wake()
+			case <-fetchCtx.Done():
 			}
-			if stopOnError {
-				serveErr = err
-				break
-			}
-			d.log.Error("claim webhook deliveries", "error", err)
-			timer.Reset(d.poll)
-			continue
-		}
-		s.c.claimed.Add(int64(len(batch)))
-		s.mu.Lock()
-		s.inflight += len(batch)
-		s.mu.Unlock()
-		for _, del := range batch {
-			deliveries.Go(func() { s.deliver(workCtx, del) })
-		}
-		if len(batch) == limit {
-			// More may be due: claim again at once while slots are free.
-			full = limit == free
-			if !full {
-				nudge(s.wake)
-			}
-			timer.Reset(d.poll)
-			continue
-		}
-		if final {
-			break
-		}
-		timer.Reset(d.nextClaimIn(claimCtx))
+		})
 	}
-	stopListen()
-	deliveries.Wait()
-	close(s.closing)
+
+	var serveErr error
+	s.loop.Run(fetchCtx, func(ctx context.Context) worker.Fetched {
+		f := s.fetch(ctx)
+		if s.claimErr != nil && stopOnError {
+			serveErr = s.claimErr
+			stopFetch()
+		}
+		return f
+	})
+	stopFetch()
+	s.deliveries.Wait()
+	s.completer.Close()
+	select {
+	case <-completerDone:
+	case <-time.After(recordTimeout):
+		d.log.Warn("could not record the last webhook outcomes in time; they are sent again when their lease runs out")
+	}
+	stopBg()
 	<-completerDone
+	for _, o := range s.completer.Pending() {
+		s.c.lost.Add(1)
+		o.log.Error("webhook outcome not recorded; the webhook will be sent again when its lease runs out")
+	}
 	helpers.Wait()
 	return s.c.result(), serveErr
 }
 
-// nextClaimIn is how long the claim loop may sleep after a claim that left
-// slots free: until the earliest pending delivery comes due, or the poll
-// interval if that is sooner or unknown. A delivery that came due after the
-// claim looked (or that another deliverer's claim holds locked) is looked
-// for again after minClaimGap.
-func (d *Deliverer) nextClaimIn(ctx context.Context) time.Duration {
+// fetch claims as many due deliveries as there are free slots, and reports
+// whether the claim was full (claim again at once) and, when it was not, when
+// the earliest pending delivery comes due, so that the loop sleeps until
+// then at most. Between claims the loop waits for a wake-up, a freed slot,
+// that due time or the poll.
+func (s *session) fetch(ctx context.Context) worker.Fetched {
+	d := s.d
+	s.claimErr = nil
+	s.mu.Lock()
+	free := min(d.cfg.Concurrency-s.sending, d.cfg.Concurrency+d.outcomeBatch-s.held)
+	s.full = free <= 0
+	s.mu.Unlock()
+	if free <= 0 {
+		return worker.Fetched{} // a freed slot wakes the loop
+	}
+	limit := min(free, d.claimBatch)
+	batch, err := d.db.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{
+		Owner: d.id, Limit: limit, Lease: d.lease,
+	})
+	d.stats.claims.Add(1)
+	d.stats.claimed.Add(int64(len(batch)))
+	if err != nil {
+		if ctx.Err() == nil {
+			s.claimErr = err
+			d.log.Error("claim webhook deliveries", "error", err)
+		}
+		return worker.Fetched{}
+	}
+	s.c.claimed.Add(int64(len(batch)))
+	s.mu.Lock()
+	s.sending += len(batch)
+	s.held += len(batch)
+	s.full = len(batch) == free
+	s.mu.Unlock()
+	for _, del := range batch {
+		s.deliveries.Go(func() { s.deliver(s.workCtx, del) })
+	}
+	if len(batch) == limit {
+		return worker.Fetched{More: limit < free}
+	}
+	select {
+	case <-s.lastCall: // nil (never) without an upstream
+		s.stopFetch() // the upstream has stopped and nothing more is due
+		return worker.Fetched{}
+	default:
+	}
+	if wait, ok := d.nextDue(ctx); ok {
+		return worker.Fetched{Next: time.Now().Add(wait)}
+	}
+	return worker.Fetched{}
+}
+
+// nextDue is how long until the earliest pending delivery comes due, and
+// false when none is pending or the deliverer does not look (the poll then
+// finds it). A delivery that came due after the claim looked (or that
+// another deliverer's claim holds locked) is looked for again after
+// minClaimGap.
+func (d *Deliverer) nextDue(ctx context.Context) (time.Duration, bool) {
 	if !d.dueTimer {
-		return d.poll
+		return 0, false
 	}
 	in, ok, err := d.db.WebhookDeliveryNextDue(ctx)
 	if err != nil || !ok {
-		return d.poll
+		return 0, false
 	}
 	// A millisecond late rather than early: a timer that fires before the
 	// due time claims nothing and sleeps again.
-	return min(max(in.Truncate(time.Millisecond)+time.Millisecond, minClaimGap), d.poll)
+	return max(in.Truncate(time.Millisecond)+time.Millisecond, minClaimGap), true
 }
 
 // record queues an outcome for the completer.
 func (s *session) record(o outcome) {
-	s.mu.Lock()
-	s.pending = append(s.pending, o)
-	s.mu.Unlock()
-	nudge(s.outcomeReady)
-}
-
-// done frees n slots.
-func (s *session) done(n int) {
-	s.mu.Lock()
-	s.inflight -= n
-	s.mu.Unlock()
-	nudge(s.freed)
-}
-
-// completeLoop writes queued outcomes, as many as have gathered (up to
-// outcomeBatch) per statement, until closing is closed and nothing is left.
-// Outcomes gather while a write is under way, so batches grow with load
-// and a lone outcome is written at once.
-func (s *session) completeLoop(ctx context.Context) {
-	for {
-		closing := false
-		select {
-		case <-s.outcomeReady:
-		case <-s.closing:
-			closing = true
-		}
-		for {
-			s.mu.Lock()
-			n := min(len(s.pending), s.d.outcomeBatch)
-			batch := s.pending[:n:n]
-			s.pending = s.pending[n:]
-			s.mu.Unlock()
-			if n == 0 {
-				break
-			}
-			s.write(ctx, batch)
-		}
-		if closing {
-			return
-		}
+	if !s.completer.Add(o) { // never: the completer closes after the deliveries
+		s.c.lost.Add(1)
+		s.done(1)
 	}
 }
 
-// write records one batch of outcomes in one statement.
-func (s *session) write(ctx context.Context, batch []outcome) {
+// sent frees the sending slot of an attempt whose answer is in: the next
+// webhook goes out while the outcome waits for its write.
+func (s *session) sent() {
+	s.mu.Lock()
+	s.sending--
+	wake := s.full
+	s.mu.Unlock()
+	if wake {
+		s.loop.Wake()
+	}
+}
+
+// done lets go of n claimed rows whose outcomes were written or handed back.
+// At most Concurrency plus one outcome statement's rows are held, so a slow
+// database slows the claims.
+func (s *session) done(n int) {
+	s.mu.Lock()
+	s.held -= n
+	wake := s.full
+	s.mu.Unlock()
+	if wake {
+		s.loop.Wake()
+	}
+}
+
+// write records one batch of outcomes in one statement, and tells the loop
+// when the retries among them come due.
+func (s *session) write(ctx context.Context, batch []outcome) error {
 	d := s.d
 	ctx, cancel := context.WithTimeout(ctx, recordTimeout)
 	defer cancel()
 	outs := make([]postgres.WebhookOutcome, len(batch))
-	retry := false
 	for i, o := range batch {
 		outs[i] = o.WebhookOutcome
-		retry = retry || o.Outcome == postgres.OutcomeRetry
 	}
+	written := time.Now()
 	ids, err := d.db.WebhookDeliveryRecordBatch(ctx, d.id, outs)
+	if err != nil {
+		return err
+	}
 	d.stats.writes.Add(1)
 	d.stats.written.Add(int64(len(batch)))
 	recorded := make(map[int64]bool, len(ids))
@@ -514,50 +523,15 @@ func (s *session) write(ctx context.Context, batch []outcome) {
 	}
 	for _, o := range batch {
 		switch {
-		case err != nil:
-			s.c.lost.Add(1)
-			o.log.Error("record webhook outcome; the webhook will be sent again when its lease runs out", "error", err)
 		case !recorded[o.ID]:
 			s.c.lost.Add(1)
 			o.log.Warn("webhook outcome not recorded: the lease passed to another deliverer")
+		case o.Outcome == postgres.OutcomeRetry && d.dueTimer:
+			s.loop.DueAt(written.Add(o.Delay))
 		}
 	}
 	s.done(len(batch))
-	if retry {
-		nudge(s.wake) // the claim loop learns the retry's due time
-	}
-}
-
-// freedIf returns freed when the deliverer is waiting for a slot, and a nil
-// channel (never ready) otherwise, so that a finished delivery triggers a
-// claim only when claims were limited by concurrency.
-func freedIf(full bool, freed chan struct{}) <-chan struct{} {
-	if full {
-		return freed
-	}
 	return nil
-}
-
-// lastCallIf returns c while on is true, and a nil channel otherwise.
-func lastCallIf(on bool, c <-chan struct{}) <-chan struct{} {
-	if on {
-		return c
-	}
-	return nil
-}
-
-// listen turns notifications on postgres.WebhookWakeChannel into wake-ups,
-// coalesced in the 1-buffered wake, until ctx ends. A lost connection is
-// re-established; the poll covers the gap.
-func (d *Deliverer) listen(ctx context.Context, wake chan<- struct{}) {
-	d.db.WakeListen(ctx, postgres.WebhookWakeChannel, func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}, func(err error) {
-		d.log.Warn("listen for webhook wake-ups; polling meanwhile", "error", err)
-	})
 }
 
 // secretCache holds organizations' active secrets for secretsTTL, by the

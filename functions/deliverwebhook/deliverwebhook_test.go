@@ -694,7 +694,14 @@ func TestDeliver(t *testing.T) {
 		other := f.options(t)
 		other.ID = "survivor"
 		run(t, deliverwebhook.New(other))
-		waitFor(t, "the webhook to be sent again", func() bool { return rc.count() == 2 })
+		// The maintainer's sweep makes the delivery due again once its lease
+		// has run out; the survivor sends it.
+		waitFor(t, "the webhook to be sent again", func() bool {
+			if _, err := f.db.WebhookDeliveryReclaimExpired(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			return rc.count() == 2
+		})
 		f.waitDelivery(t, id, "delivery to succeed", func(d delivery) bool { return d.State == postgres.DeliverySucceeded })
 
 		close(release) // the first deliverer comes back to life and answers late

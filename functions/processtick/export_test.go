@@ -31,3 +31,7 @@ func StatementStats(p *Processor) Stats {
 		WriteBytesMax: p.stats.writeBytesMax.Load(),
 	}
 }
+
+// SetDueTimes switches p's due-time timers on or off; off, claims wait for
+// a wake-up or the poll, as before the timers.
+func SetDueTimes(p *Processor, on bool) { p.noDueTimes = !on }

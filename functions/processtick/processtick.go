@@ -4,9 +4,14 @@
 //
 // The same Processor runs as a scheduled function (Tick: one bounded run per
 // invocation) and as a long-running loop (Run: until SIGTERM, then a
-// graceful stop). Either way it wakes on LISTEN/NOTIFY and polls as a
-// safety net, renews the leases of the requests it works on, and sweeps what
-// nobody else will: lost leases, queue deadlines and retention.
+// graceful stop). Either way it runs on the shared loop (shared/worker):
+// it claims when woken by LISTEN/NOTIFY, when slots free up and at the
+// earliest due time of the waiting requests, and polls as a safety net;
+// it renews the leases of the requests it works on; and it runs a
+// maintainer (shared/maintainer), which sweeps lost leases, queue deadlines
+// and retention whenever this process holds the maintainers' lock.
+// Whether and when a request runs again is the retry policy's
+// (shared/retry).
 package processtick
 
 import (
@@ -102,6 +107,9 @@ type Processor struct {
 	tracer     trace.Tracer
 	policy     retry.Policy
 	clock      worker.Clock
+	// noDueTimes leaves the claims to wake-ups and the poll (benchmarks'
+	// baseline).
+	noDueTimes bool
 	// claimBatch and completeBatch cap the requests of one claim and one
 	// completion statement; completeBatchBytes caps the outputs of one
 	// completion statement.

@@ -289,6 +289,10 @@ func TestOutcomes(t *testing.T) {
 		{name: "InternalServerErrorBinaryBody", handle: answer(500, "bad\x00\xffbody"), want: retry(postgres.CodeModelPredictError)},
 		{name: "BadGateway", handle: answer(502, ""), want: retry(postgres.CodeModelUnavailable)},
 		{name: "ServiceUnavailable", handle: answer(503, "loading"), want: retry(postgres.CodeModelUnavailable)},
+		// A 503's Retry-After lengthens the backoff (10 s here), never shortens it.
+		{name: "ServiceUnavailableRetryAfterLonger", handle: answer(503, "loading", "Retry-After", "30"),
+			want: want{state: postgres.StateQueued, attempts: 1, code: postgres.CodeModelUnavailable, delay: 30 * time.Second}},
+		{name: "ServiceUnavailableRetryAfterShorter", handle: answer(503, "loading", "Retry-After", "1"), want: retry(postgres.CodeModelUnavailable)},
 		{name: "GatewayTimeout", handle: answer(504, ""), want: retry(postgres.CodeModelPredictTimeout)},
 		{name: "OwnTimeout", handle: func(w http.ResponseWriter, r *http.Request) {
 			select {
@@ -913,4 +917,67 @@ func TestPausedDeployment(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.waitState(held, postgres.StateSucceeded)
+}
+
+// TestBackpressureFloor: a model answering 429 with Retry-After: 0 is
+// called at most once per BackpressureMinDelay: at most deadline/floor + 1
+// times before the request expires.
+func TestBackpressureFloor(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	m := newModel(t, answer(429, "busy", "Retry-After", "0"))
+	d := b.deploy(m.URL, deployOptions{MaxConcurrency: 1})
+	const queueTime, floor = 2 * time.Second, 200 * time.Millisecond
+	id := b.submit(d, `{}`, func(p *postgres.RequestInsertParams) { p.MaxTimeInQueue = queueTime })
+	b.run(b.processor(func(o *processtick.Options) { o.Config.BackpressureMinDelay = floor }))
+	r := b.waitState(id, postgres.StateExpired)
+	calls := m.callCount()
+	if limit := int(queueTime/floor) + 1; calls > limit || calls < 2 {
+		t.Errorf("model called %d times in %v, want 2 to %d", calls, queueTime, limit)
+	}
+	if r.Attempts != 0 || len(r.Errors) != 1 || r.Errors[0].Code != postgres.CodeModelNotReady {
+		t.Errorf("attempts %d, errors %+v; want 0 and one %s", r.Attempts, r.Errors, postgres.CodeModelNotReady)
+	}
+	if n := scalar[int](b, `SELECT count(*) FROM request_attempts WHERE request_id = $1 AND NOT counted`, id); n != calls {
+		t.Errorf("%d uncounted history rows, want one per call (%d)", n, calls)
+	}
+}
+
+// TestRetryAtDueTime: a retry runs at its due time, though no poll comes
+// (the poll interval is an hour) and nothing wakes the processor: it sleeps
+// until the earliest due time it knows.
+func TestRetryAtDueTime(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var calls atomic.Int64
+	m := newModel(t, func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1) == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte(`{}`))
+	})
+	d := b.deploy(m.URL, deployOptions{MaxConcurrency: 1})
+	id := b.submit(d, `{}`, func(p *postgres.RequestInsertParams) { p.InitialDelayMS = 200 })
+	b.run(b.processor(func(o *processtick.Options) { o.Config.PollInterval = time.Hour }))
+	r := b.waitState(id, postgres.StateSucceeded)
+	if r.Attempts != 2 {
+		t.Errorf("attempts %d, want 2", r.Attempts)
+	}
+}
+
+// TestBackpressureAtDueTime: the same for a back-pressure wait, with the
+// due time known only from the database (another processor wrote it).
+func TestBackpressureAtDueTime(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b := setup(t)
+	m := newModel(t, answer(200, `{}`))
+	d := b.deploy(m.URL, deployOptions{MaxConcurrency: 1})
+	id := b.submit(d, `{}`)
+	if _, err := b.db.Pool.Exec(ctx, `UPDATE async_requests SET due_at = now() + interval '1 second' WHERE id = $1`, id); err != nil {
+		t.Fatal(err)
+	}
+	b.run(b.processor(func(o *processtick.Options) { o.Config.PollInterval = time.Hour }))
+	b.waitState(id, postgres.StateSucceeded)
 }

@@ -46,7 +46,7 @@ type session struct {
 	// work holds the claimed requests no worker has taken yet; it has room
 	// for Concurrency, more than can be in flight.
 	work chan attempt
-	// workers is the number of workers started; only claimLoop reads or
+	// workers is the number of workers started; only fetch reads or
 	// changes it.
 	workers int
 	// attemptBase is the work context: attempts run under it until they
@@ -189,7 +189,7 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 	if len(claimed) == limit {
 		return worker.Fetched{More: true}
 	}
-	if err != nil || ctx.Err() != nil {
+	if err != nil || ctx.Err() != nil || s.p.noDueTimes {
 		return worker.Fetched{}
 	}
 	wait, ok, err := s.p.db.RequestNextDue(ctx)
@@ -275,6 +275,9 @@ func (s *session) write(ctx context.Context, batch []finished) error {
 	for seen := s.p.stats.writeBytesMax.Load(); size > seen && !s.p.stats.writeBytesMax.CompareAndSwap(seen, size); {
 		seen = s.p.stats.writeBytesMax.Load()
 	}
+	// The statement's now(), which its due times count from, is no earlier
+	// than this.
+	writing := s.p.clock.Now()
 	recorded, err := s.p.db.RequestCompleteBatch(ctx, s.p.id, outcomes)
 	s.p.stats.writes.Add(1)
 	if err != nil {
@@ -295,12 +298,11 @@ func (s *session) write(ctx context.Context, batch []finished) error {
 	s.mu.Unlock()
 	s.loop.Wake() // slots are free
 	s.p.notify(ctx, postgres.NoticeOf(recorded))
-	now := s.p.clock.Now()
 	s.recorded.Add(int64(len(recorded)))
 	for _, f := range batch {
 		r, ok := written[f.req.ID]
-		if ok && r.State == postgres.StateQueued && f.outcome.Delay > 0 {
-			s.loop.DueAt(now.Add(f.outcome.Delay)) // a retry or back-pressure wait of ours
+		if ok && r.State == postgres.StateQueued && f.outcome.Delay > 0 && !s.p.noDueTimes {
+			s.loop.DueAt(writing.Add(f.outcome.Delay)) // a retry or back-pressure wait of ours
 		}
 		if ok && f.result.kind == resultStopped {
 			s.handedBack.Add(1)

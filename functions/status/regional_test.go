@@ -1,6 +1,7 @@
 package status_test
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -42,7 +43,7 @@ func TestRegional(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	mux := httpapi.Mux(submit.New(submit.Options{DB: b.db}), b.h)
+	mux := apitest.Validated(t, httpapi.Mux(submit.New(submit.Options{DB: b.db}), b.h))
 	do := func(method, host, path, body string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, "http://placeholder/", strings.NewReader(body))
 		r.URL.Path, r.Host = path, host
@@ -105,4 +106,27 @@ func nilIfEmpty(s string) any {
 		return nil
 	}
 	return s
+}
+
+// TestOpenAPIDocument serves the document without auth, as the service's
+// own path: not under a model prefix, and not to another method.
+func TestOpenAPIDocument(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	serve := func(method, host, path string) *httptest.ResponseRecorder {
+		r := httptest.NewRequest(method, "http://placeholder/", nil)
+		r.URL.Path, r.Host = path, host
+		rec := httptest.NewRecorder()
+		b.h.ServeHTTP(rec, r)
+		return rec
+	}
+	rec := serve("GET", "api.example.com", "/openapi.json")
+	if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != "application/json" || !bytes.Equal(rec.Body.Bytes(), httpapi.OpenAPI) {
+		t.Fatalf("GET /openapi.json: %d %q, %d bytes", rec.Code, rec.Header().Get("Content-Type"), rec.Body.Len())
+	}
+	if rec := serve("GET", "model-m1.api.example.com", "/openapi.json"); rec.Code != http.StatusOK {
+		t.Errorf("GET /openapi.json on a model host: %d", rec.Code)
+	}
+	apitest.CheckError(t, serve("GET", "api.example.com", "/models/m1/openapi.json"), http.StatusNotFound, "NOT_FOUND", "")
+	apitest.CheckError(t, serve("POST", "api.example.com", "/openapi.json"), http.StatusMethodNotAllowed, "METHOD_NOT_ALLOWED", "")
 }

@@ -61,6 +61,7 @@ func New(o Options) http.Handler {
 			httpapi.HandlerResult:        limit(http.HandlerFunc(s.result)),
 			httpapi.HandlerRedeliver:     limit(http.HandlerFunc(s.redeliver)),
 			httpapi.HandlerQueueStatus:   limit(http.HandlerFunc(s.queueStatus)),
+			httpapi.HandlerOpenAPI:       http.HandlerFunc(httpapi.ServeOpenAPI),
 		},
 		Authenticate: func(httpapi.Auth) func(http.Handler) http.Handler { return auth },
 	})

@@ -72,7 +72,7 @@ func setup(t testing.TB, opts ...func(*status.Options)) bundle {
 	for _, f := range opts {
 		f(&o)
 	}
-	h := status.New(o)
+	h := apitest.Validated(t, status.New(o))
 	b := bundle{db: db, h: h, clock: c, key: key, otherKey: otherKey, acme: acme, other: other}
 	b.insert = func(org int64, model string, isChain bool, deployment, webhook string) string {
 		res, err := db.RequestInsert(ctx, postgres.RequestInsertParams{
@@ -716,7 +716,7 @@ func TestStatusDatabaseUnavailable(t *testing.T) {
 func TestMux(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	mux := httpapi.Mux(submit.New(submit.Options{DB: b.db}), b.h)
+	mux := apitest.Validated(t, httpapi.Mux(submit.New(submit.Options{DB: b.db}), b.h))
 	do := func(method, host, path, body string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, "http://placeholder/", strings.NewReader(body))
 		r.URL.Path, r.Host = path, host

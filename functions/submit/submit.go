@@ -2,8 +2,9 @@
 // .../async_predict for models and .../async_run_remote for chains. It
 // authenticates the caller, validates the body, resolves the deployment,
 // enforces the organization's limits, and queues the request in one
-// transaction that also wakes the processors, answering 201 with the new
-// request's id.
+// commit shared with the other submits arriving meanwhile (group commit,
+// postgres.RequestBatcher), then wakes the processors, answering 201 with
+// the new request's id.
 package submit
 
 import (
@@ -57,6 +58,16 @@ const MaxActiveRequestsDefault = 50_000
 // longer depends on the client's connection.
 const SubmitTimeoutDefault = 15 * time.Second
 
+// DeploymentCacheTTLDefault is how long one instance reuses the deployment
+// a submit URL resolved to, saving a query per submit. An environment
+// re-pointed to another deployment takes effect within it; a deleted
+// deployment takes effect at once (the insert checks that it exists).
+// Unknown names are not cached.
+const DeploymentCacheTTLDefault = 5 * time.Second
+
+// deploymentCacheMax bounds the deployment cache; past it, it starts over.
+const deploymentCacheMax = 10_000
+
 // MaxIdempotencyKeyLength bounds the Idempotency-Key header.
 const MaxIdempotencyKeyLength = 255
 
@@ -80,6 +91,9 @@ type Options struct {
 	// Now is the clock of the caches and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
+	// Batcher group-commits the submits; default a
+	// postgres.RequestBatcher of DB with its default options.
+	Batcher *postgres.RequestBatcher
 }
 
 // New returns the submit handler, serving the routes of SPEC §3 under
@@ -92,7 +106,12 @@ func New(o Options) http.Handler {
 		cap:    cmp.Or(o.API.MaxActiveRequests, MaxActiveRequestsDefault),
 		now:    o.Now,
 		active: map[int64]activeCount{},
+		deps:   map[postgres.DeploymentTarget]cachedDeployment{},
 		m:      o.Metrics,
+	}
+	s.batcher = o.Batcher
+	if s.batcher == nil && o.DB != nil {
+		s.batcher = postgres.NewRequestBatcher(o.DB, postgres.RequestBatcherOptions{})
 	}
 	if s.now == nil {
 		s.now = time.Now
@@ -117,16 +136,23 @@ func New(o Options) http.Handler {
 }
 
 type server struct {
-	db     *postgres.DB
-	log    *slog.Logger
-	policy safehttp.Policy
-	cap    int
-	now    func() time.Time
-	tracer trace.Tracer
-	m      *telemetry.Metrics
+	db      *postgres.DB
+	batcher *postgres.RequestBatcher
+	log     *slog.Logger
+	policy  safehttp.Policy
+	cap     int
+	now     func() time.Time
+	tracer  trace.Tracer
+	m       *telemetry.Metrics
 
 	mu     sync.Mutex
 	active map[int64]activeCount
+	deps   map[postgres.DeploymentTarget]cachedDeployment
+}
+
+type cachedDeployment struct {
+	d  postgres.Deployment
+	at time.Time
 }
 
 type activeCount struct {
@@ -200,7 +226,12 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), SubmitTimeoutDefault)
 		defer cancel()
 		named := target // as the URL names it, before a regional Host is split
-		target, dep, err := httpapi.ResolveDeployment(ctx, s.db, r, org, target)
+		var dep postgres.Deployment
+		if httpapi.IsRegional(r) {
+			target, dep, err = httpapi.ResolveDeployment(ctx, s.db, r, org, target)
+		} else {
+			dep, err = s.resolve(ctx, httpapi.DeploymentTarget(r, org, target))
+		}
 		if errors.Is(err, postgres.ErrNotFound) {
 			err = errNoDeployment
 		}
@@ -239,7 +270,11 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 		admitted := err == nil
 		switch {
 		case admitted:
-			res, err = s.db.RequestInsert(ctx, params)
+			res, err = s.batcher.Insert(ctx, params)
+			if errors.Is(err, postgres.ErrNotFound) {
+				s.forget(httpapi.DeploymentTarget(r, org, target))
+				err = errNoDeployment
+			}
 		case idemKey != "":
 			res, err = s.replay(ctx, org, params, err)
 		}
@@ -268,6 +303,36 @@ func (s *server) submit(kind postgres.ModelKind) http.HandlerFunc {
 			RequestID requestid.ID `json:"request_id"`
 		}{res.ID})
 	}
+}
+
+// resolve is DeploymentResolve through the instance's cache of
+// DeploymentCacheTTLDefault.
+func (s *server) resolve(ctx context.Context, t postgres.DeploymentTarget) (postgres.Deployment, error) {
+	now := s.now()
+	s.mu.Lock()
+	c, ok := s.deps[t]
+	s.mu.Unlock()
+	if ok && !now.Before(c.at) && now.Sub(c.at) < DeploymentCacheTTLDefault {
+		return c.d, nil
+	}
+	d, err := s.db.DeploymentResolve(ctx, t)
+	if err != nil {
+		return d, err
+	}
+	s.mu.Lock()
+	if len(s.deps) >= deploymentCacheMax {
+		clear(s.deps)
+	}
+	s.deps[t] = cachedDeployment{d: d, at: now}
+	s.mu.Unlock()
+	return d, nil
+}
+
+// forget drops a deployment the insert found gone.
+func (s *server) forget(t postgres.DeploymentTarget) {
+	s.mu.Lock()
+	delete(s.deps, t)
+	s.mu.Unlock()
 }
 
 // validate applies the defaults and bounds of SPEC §3 to b.

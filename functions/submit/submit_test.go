@@ -76,7 +76,7 @@ func setup(t *testing.T, opts ...func(*submit.Options)) bundle {
 	for _, f := range opts {
 		f(&o)
 	}
-	h := submit.New(o)
+	h := apitest.Validated(t, submit.New(o))
 	b := bundle{db: db, h: h, clock: c, key: key, otherKy: otherKey, spans: spans, metrics: metrics}
 	b.do = func(method, host, path, body string, headers ...string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(method, "http://placeholder/", strings.NewReader(body))

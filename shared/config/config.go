@@ -58,6 +58,13 @@ type Database struct {
 // API configures the submit and status handlers.
 type API struct {
 	Port int `env:"API_PORT, default=9001"`
+	// AdminPort serves /healthz, /readyz and /metrics of an API process
+	// running alone (make run-server); make dev serves them on
+	// PROCESSOR_PORT instead.
+	AdminPort int `env:"API_ADMIN_PORT, default=9005"`
+	// Server holds the limits of the API's HTTP server in a long-running
+	// process.
+	Server APIServer
 	// SubmitRate and SubmitBurst are the per-organization token bucket for
 	// submits, per API instance.
 	SubmitRate  float64 `env:"ORG_SUBMIT_RATE, default=200"`
@@ -67,6 +74,26 @@ type API struct {
 	// MaxActiveRequests caps an organization's QUEUED plus IN_PROGRESS
 	// requests across all instances.
 	MaxActiveRequests int `env:"ORG_MAX_ACTIVE_REQUESTS, default=50000"`
+}
+
+// APIServer holds the limits of the API's HTTP server (make run-server and
+// make dev; a Lambda function has no server of its own).
+type APIServer struct {
+	// ReadHeaderTimeout bounds reading a request's header.
+	ReadHeaderTimeout time.Duration `env:"API_READ_HEADER_TIMEOUT, default=10s"`
+	// ReadTimeout bounds reading a whole request, header and body.
+	ReadTimeout time.Duration `env:"API_READ_TIMEOUT, default=30s"`
+	// WriteTimeout bounds a request from the end of its header to the end
+	// of its answer; it must exceed the longest long-poll (60 s).
+	WriteTimeout time.Duration `env:"API_WRITE_TIMEOUT, default=75s"`
+	// IdleTimeout closes a keep-alive connection that sends nothing.
+	IdleTimeout time.Duration `env:"API_IDLE_TIMEOUT, default=60s"`
+	// MaxHeaderBytes bounds a request's header (431 past it).
+	MaxHeaderBytes int `env:"API_MAX_HEADER_BYTES, default=65536"`
+	// MaxConns caps the open connections of one API process; past it, an
+	// idle or still-silent connection is closed to make room, or else the
+	// new one is answered 503 and closed.
+	MaxConns int `env:"API_MAX_CONNS, default=4096"`
 }
 
 // Processor configures process-tick and its long-running loop.
@@ -151,6 +178,18 @@ func (c Config) validate() error {
 		return errors.New("ORG_READ_RATE: must be positive")
 	case c.API.MaxActiveRequests < 1:
 		return errors.New("ORG_MAX_ACTIVE_REQUESTS: must be at least 1")
+	case c.API.Server.ReadHeaderTimeout <= 0:
+		return errors.New("API_READ_HEADER_TIMEOUT: must be positive")
+	case c.API.Server.ReadTimeout <= 0:
+		return errors.New("API_READ_TIMEOUT: must be positive")
+	case c.API.Server.WriteTimeout <= 0:
+		return errors.New("API_WRITE_TIMEOUT: must be positive")
+	case c.API.Server.IdleTimeout <= 0:
+		return errors.New("API_IDLE_TIMEOUT: must be positive")
+	case c.API.Server.MaxHeaderBytes < 4096:
+		return errors.New("API_MAX_HEADER_BYTES: must be at least 4096")
+	case c.API.Server.MaxConns < 1:
+		return errors.New("API_MAX_CONNS: must be at least 1")
 	case c.Processor.ModelTimeout <= 0:
 		return errors.New("MODEL_TIMEOUT: must be positive")
 	case c.Processor.Concurrency < 1:
@@ -171,7 +210,7 @@ func (c Config) validate() error {
 	for _, p := range []struct {
 		name string
 		v    int
-	}{{"API_PORT", c.API.Port}, {"PROCESSOR_PORT", c.Processor.Port}, {"DB_PORT", c.Database.Port}} {
+	}{{"API_PORT", c.API.Port}, {"API_ADMIN_PORT", c.API.AdminPort}, {"PROCESSOR_PORT", c.Processor.Port}, {"DB_PORT", c.Database.Port}} {
 		if p.v < 0 || p.v > 65535 {
 			return fmt.Errorf("%s: %d is not a port", p.name, p.v)
 		}

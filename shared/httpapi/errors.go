@@ -190,6 +190,10 @@ func WriteError(w http.ResponseWriter, r *http.Request, log *slog.Logger, err er
 		switch {
 		case unexpected:
 			log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+			// net/http canceled the request: the client hung up (or
+			// half-closed), and the database may be fine.
+			log.InfoContext(r.Context(), "client went away", "method", r.Method, "path", r.URL.Path)
 		case e.Status == http.StatusServiceUnavailable:
 			log.WarnContext(r.Context(), "database unavailable", "method", r.Method, "path", r.URL.Path, "error", err)
 		}

@@ -26,6 +26,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // MaxBodyBytesDefault is the largest request body the API reads: 256 KiB,
@@ -37,9 +38,18 @@ const MaxBodyBytesDefault = 256 << 10
 // proxies would each pick one, so the request is ambiguous. Nothing is
 // written.
 func RepeatedHeader(header string) *Error {
-	return &Error{Status: http.StatusBadRequest, Code: ErrInvalid.Code, Field: header,
-		Message: header + " is sent more than once; send it once"}
+	return Invalid(header, header+" is sent more than once; send it once")
 }
+
+// ErrOverloaded answers a connection that the API server refuses at its
+// connection cap (API_MAX_CONNS), when every connection it holds is busy.
+var ErrOverloaded = &Error{Status: http.StatusServiceUnavailable, Code: ErrUnavailable.Code,
+	Message: "the server has too many open connections; retry after the time in Retry-After", RetryAfter: time.Second}
+
+// Overloaded answers every request with ErrOverloaded.
+var Overloaded = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	WriteError(w, r, nil, ErrOverloaded)
+})
 
 // Encode writes v as a JSON response with status.
 func Encode(w http.ResponseWriter, status int, v any) {

@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 )
 
 // Router is an http.ServeMux that answers in the API's JSON error format:
@@ -26,6 +27,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	h, pattern := rt.mux.Handler(r)
 	if pattern != "" {
+		telemetry.SetRoute(r.Context(), pattern)
 		rt.mux.ServeHTTP(w, r) // sets the path values, which Handler does not
 		return
 	}

@@ -75,6 +75,7 @@ const (
 	HandlerResult        = "request_result"
 	HandlerRedeliver     = "request_redeliver"
 	HandlerQueueStatus   = "queue_status"
+	HandlerOpenAPI       = "openapi"
 )
 
 // Routes is the route table of the whole API. submit and status register
@@ -107,6 +108,8 @@ var Routes = []Route{
 	{http.MethodGet, "/environments/{env}/async_queue_status", FunctionStatus, AuthInvoke, ScopeModel, HandlerQueueStatus},
 	{http.MethodGet, "/deployment/{deployment_id}/async_queue_status", FunctionStatus, AuthInvoke, ScopeModel, HandlerQueueStatus},
 	{http.MethodGet, "/async_queue_status", FunctionStatus, AuthInvoke, ScopeRegional, HandlerQueueStatus},
+
+	{http.MethodGet, "/openapi.json", FunctionStatus, AuthNone, ScopeNone, HandlerOpenAPI},
 }
 
 // ModelPrefixes are the path prefixes that name a model or chain (SPEC §2),

@@ -15,6 +15,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/openasync/asyncrequest/shared/credential"
 	"github.com/openasync/asyncrequest/shared/httpapi"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
@@ -465,7 +466,8 @@ func (s *Service) ModelPut(ctx context.Context, a Actor, id string, p ModelPut) 
 
 // DeploymentPut creates or updates one of the actor's deployments (SPEC
 // §10): its URL, environments, max_concurrency and write-only upstream
-// credential, stored through postgres.DeploymentCreate.
+// credential, sealed and stored through postgres.DeploymentCreate. A
+// credential given where no UPSTREAM_CREDENTIAL_KEYS are configured is a 409.
 func (s *Service) DeploymentPut(ctx context.Context, a Actor, id string, p DeploymentPut) (Deployment, error) {
 	if err := mustManage(a); err != nil {
 		return Deployment{}, err
@@ -493,27 +495,19 @@ func (s *Service) DeploymentPut(ctx context.Context, a Actor, id string, p Deplo
 	if err != nil {
 		return Deployment{}, notFound(err, ErrNoModel)
 	}
-	var cred string
+	d := postgres.Deployment{ID: id, ModelID: m.ID, URL: p.URL, Environments: p.Environments, MaxConcurrency: conc,
+		KeepCredential: p.UpstreamCredential == nil}
 	if p.UpstreamCredential != nil {
-		cred = *p.UpstreamCredential
-	} else {
-		old, err := s.DB.DeploymentResolve(ctx, postgres.DeploymentTarget{
-			OrganizationID: a.OrganizationID, ModelID: m.ID, Kind: m.Kind, DeploymentID: id})
-		switch {
-		case err == nil:
-			cred = old.UpstreamCredential
-		case !errors.Is(err, postgres.ErrNotFound):
-			return Deployment{}, err
-		}
+		d.UpstreamCredential = *p.UpstreamCredential
 	}
-	err = s.DB.DeploymentCreate(ctx, a.OrganizationID, postgres.Deployment{
-		ID: id, ModelID: m.ID, URL: p.URL, Environments: p.Environments, MaxConcurrency: conc, UpstreamCredential: cred,
-	})
+	err = s.DB.DeploymentCreate(ctx, a.OrganizationID, d)
 	switch {
 	case errors.Is(err, postgres.ErrConflict):
 		return Deployment{}, conflict("ID_TAKEN", "deployment id %q is taken by another model", id)
 	case errors.Is(err, postgres.ErrNotFound):
 		return Deployment{}, ErrNoModel
+	case errors.Is(err, credential.ErrNoKey):
+		return Deployment{}, conflict("NO_CREDENTIAL_KEY", "this service cannot store an upstream credential: UPSTREAM_CREDENTIAL_KEYS is not set")
 	case err != nil:
 		return Deployment{}, err
 	}

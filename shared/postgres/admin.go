@@ -169,6 +169,10 @@ type Deployment struct {
 	// Authorization (empty: none). DeploymentCreate stores it sealed
 	// (DB.Credentials); it is never read back into a Deployment.
 	UpstreamCredential string
+	// KeepCredential makes DeploymentCreate leave the stored credential of
+	// an existing deployment as it is (UpstreamCredential is then ignored):
+	// an update that does not mention the write-only credential.
+	KeepCredential bool
 }
 
 // DeploymentCreate creates (or updates, for the same model) a deployment and
@@ -184,7 +188,11 @@ func (db *DB) DeploymentCreate(ctx context.Context, organizationID int64, d Depl
 		if err != nil {
 			return fmt.Errorf("create deployment: %w", err)
 		}
-		sealed, err := db.Credentials.Seal(d.UpstreamCredential, d.ID)
+		plain := d.UpstreamCredential
+		if d.KeepCredential {
+			plain = ""
+		}
+		sealed, err := db.Credentials.Seal(plain, d.ID)
 		if err != nil {
 			return fmt.Errorf("create deployment %q: %w", d.ID, err)
 		}
@@ -196,9 +204,9 @@ func (db *DB) DeploymentCreate(ctx context.Context, organizationID int64, d Depl
 			INSERT INTO deployments (id, model_id, url, max_concurrency, upstream_credential)
 			VALUES ($1, $2, $3, $4, $5)
 			ON CONFLICT (id) DO UPDATE SET url = excluded.url, max_concurrency = excluded.max_concurrency,
-				upstream_credential = excluded.upstream_credential
+				upstream_credential = CASE WHEN $6 THEN deployments.upstream_credential ELSE excluded.upstream_credential END
 			WHERE deployments.model_id = excluded.model_id`,
-			d.ID, d.ModelID, d.URL, d.MaxConcurrency, cred)
+			d.ID, d.ModelID, d.URL, d.MaxConcurrency, cred, d.KeepCredential)
 		if err != nil {
 			return fmt.Errorf("create deployment: %w", describeCheck(err))
 		}

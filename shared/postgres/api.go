@@ -45,6 +45,7 @@ type RequestWebhookRedeliverParams struct {
 // When a delivery of the request is already pending or under way, nothing
 // is added: redelivering twice sends one webhook.
 func (db *DB) RequestWebhookRedeliver(ctx context.Context, p RequestWebhookRedeliverParams) error {
+	queued := false
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		var (
 			modelID     string
@@ -94,11 +95,14 @@ func (db *DB) RequestWebhookRedeliver(ctx context.Context, p RequestWebhookRedel
 			INSERT INTO webhook_deliveries (request_id, state, due_at) VALUES ($1, 'PENDING', now())`, p.ID); err != nil {
 			return err
 		}
-		_, err = tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel)
-		return err
+		queued = true
+		return nil
 	})
 	switch {
 	case err == nil:
+		if queued {
+			_ = db.Notify(ctx, Notice{Deliverers: true}) // after the commit; a lost wake-up costs a poll
+		}
 		return nil
 	case errors.Is(err, ErrNotFound), errors.Is(err, ErrRedeliverNoWebhook),
 		errors.Is(err, ErrRedeliverNotFinal), errors.Is(err, ErrRedeliverOutputGone):

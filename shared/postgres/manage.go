@@ -399,9 +399,10 @@ func (db *DB) RequestRetry(ctx context.Context, organizationID int64, id request
 		if err != nil {
 			return err
 		}
-		return notify(ctx, tx, true, false)
+		return nil
 	})
 	if err == nil {
+		db.wakeProcessors(ctx)
 		return r, nil
 	}
 	if !errors.Is(err, pgx.ErrNoRows) {
@@ -456,10 +457,13 @@ func (db *DB) RequestRetryBulk(ctx context.Context, f RequestFilter) (BulkResult
 		if err != nil || res.Changed == 0 {
 			return err
 		}
-		return notify(ctx, tx, true, false)
+		return nil
 	})
 	if err != nil {
 		return BulkResult{}, fmt.Errorf("retry requests: %w", err)
+	}
+	if res.Changed > 0 {
+		db.wakeProcessors(ctx)
 	}
 	return res, nil
 }
@@ -574,7 +578,7 @@ func (db *DB) DeploymentUpdate(ctx context.Context, p DeploymentUpdateParams) er
 	if !textStorable(p.ID) {
 		return ErrNotFound
 	}
-	return pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
+	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 			UPDATE deployments d SET max_concurrency = coalesce($3, d.max_concurrency), paused = coalesce($4, d.paused)
 			FROM models m WHERE m.id = d.model_id AND d.id = $1 AND m.organization_id = $2`,
@@ -585,8 +589,12 @@ func (db *DB) DeploymentUpdate(ctx context.Context, p DeploymentUpdateParams) er
 		if tag.RowsAffected() == 0 {
 			return ErrNotFound
 		}
-		return notify(ctx, tx, true, false)
+		return nil
 	})
+	if err == nil {
+		db.wakeProcessors(ctx)
+	}
+	return err
 }
 
 // DeploymentPurge cancels every QUEUED request of an organization's
@@ -635,18 +643,9 @@ func (db *DB) ModelUpdateName(ctx context.Context, organizationID int64, id, nam
 	return nil
 }
 
-// notify wakes processors and deliverers from inside tx, as the management
-// writes did before Notify moved the wake-ups after the commit.
-func notify(ctx context.Context, tx querier, processors, deliverers bool) error {
-	if processors {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel); err != nil {
-			return err
-		}
-	}
-	if deliverers {
-		if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WebhookWakeChannel); err != nil {
-			return err
-		}
-	}
-	return nil
+// wakeProcessors tells processors that requests may be claimable now, after
+// the write that made them so has committed. The poll backs it up, so a
+// failed notification is not an error of the write.
+func (db *DB) wakeProcessors(ctx context.Context) {
+	_ = db.Notify(ctx, Notice{Processors: true})
 }

@@ -30,24 +30,20 @@ func (db *DB) DeploymentResolveRegional(ctx context.Context, p DeploymentResolve
 	}
 	var d Deployment
 	var env string
-	var cred *string
 	err := db.Pool.QueryRow(ctx, `
-		SELECT d.id, d.model_id, d.url, d.max_concurrency, d.upstream_credential, e.name
+		SELECT d.id, d.model_id, d.url, d.max_concurrency, e.name
 		FROM environments e
 		JOIN deployments d ON d.id = e.deployment_id
 		JOIN models m ON m.id = e.model_id
 		WHERE m.organization_id = $1 AND m.kind = $2 AND e.model_id || '-' || e.name = $3
 		ORDER BY length(e.model_id) DESC
 		LIMIT 1`,
-		p.OrganizationID, p.Kind, p.Label).Scan(&d.ID, &d.ModelID, &d.URL, &d.MaxConcurrency, &cred, &env)
+		p.OrganizationID, p.Kind, p.Label).Scan(&d.ID, &d.ModelID, &d.URL, &d.MaxConcurrency, &env)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return Deployment{}, "", ErrNotFound
 	}
 	if err != nil {
 		return Deployment{}, "", fmt.Errorf("resolve regional deployment: %w", err)
-	}
-	if cred != nil {
-		d.UpstreamCredential = *cred
 	}
 	return d, env, nil
 }

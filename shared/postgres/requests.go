@@ -51,69 +51,281 @@ type RequestInsertResult struct {
 	Replayed bool // an earlier submit with the same Idempotency-Key
 }
 
-// RequestInsert queues a request and wakes processors, in one transaction.
+// RequestInsert queues one request and then wakes processors. It is
+// RequestInsertBatch with one row; the API's RequestBatcher coalesces
+// concurrent submits into larger batches.
+func (db *DB) RequestInsert(ctx context.Context, p RequestInsertParams) (RequestInsertResult, error) {
+	out, err := db.RequestInsertBatch(ctx, []RequestInsertParams{p})
+	if err != nil {
+		return RequestInsertResult{}, err
+	}
+	if out[0].Err == nil && !out[0].Replayed {
+		db.RequestWake(ctx)
+	}
+	return out[0].RequestInsertResult, out[0].Err
+}
+
+// RequestInsertOutcome is one row's answer from RequestInsertBatch: the
+// request it stands for, or why it was not queued (ErrIdempotencyMismatch,
+// ErrIdempotencyInFlight, ErrNotFound for a deployment that is gone).
+type RequestInsertOutcome struct {
+	RequestInsertResult
+	Err error
+}
+
+// RequestInsertBatch queues requests in one transaction and one commit;
+// without idempotency keys that is a single statement, one round trip.
+// Each row is answered on its own: a row whose deployment is gone
+// (ErrNotFound), whose idempotency key was used with another body, or whose
+// key another submit is inserting now fails alone, and an idempotent retry
+// replays the id its key stands for. Should a statement fail for one row's
+// sake anyway, each row is tried alone so that only that row fails. The
+// error is the whole batch's (the database unreachable, ctx done).
+//
 // With an idempotency key, concurrent identical submits insert exactly one
 // row: the first holds an advisory lock on the key while the others get
-// ErrIdempotencyInFlight, and later ones replay its id.
-func (db *DB) RequestInsert(ctx context.Context, p RequestInsertParams) (RequestInsertResult, error) {
-	res := RequestInsertResult{ID: p.ID}
+// ErrIdempotencyInFlight (as does a second row with the same key in the
+// batch), and later ones replay its id.
+//
+// It does not wake processors: RequestWake does, after the commit, so no
+// insert holds Postgres's NOTIFY lock across its durable commit.
+func (db *DB) RequestInsertBatch(ctx context.Context, ps []RequestInsertParams) ([]RequestInsertOutcome, error) {
+	out, err := db.requestInsertBatch(ctx, ps)
+	if err == nil {
+		return out, nil
+	}
+	if len(ps) == 1 || IsUnavailable(err) || ctx.Err() != nil {
+		return nil, fmt.Errorf("insert requests: %w", err)
+	}
+	out = make([]RequestInsertOutcome, len(ps))
+	for i := range ps {
+		one, err := db.requestInsertBatch(ctx, ps[i:i+1])
+		if err != nil {
+			if IsUnavailable(err) || ctx.Err() != nil {
+				return nil, fmt.Errorf("insert requests: %w", err)
+			}
+			out[i].Err = fmt.Errorf("insert request: %w", err)
+			continue
+		}
+		out[i] = one[0]
+	}
+	return out, nil
+}
+
+// RequestWake wakes processors. It is a transaction of its own with
+// synchronous_commit off: NOTIFY takes a database-wide lock at commit and
+// holds it through the commit's WAL flush, so a NOTIFY inside a durable
+// insert would let no two inserts share a flush. A lost wake-up costs at
+// most the processors' poll interval, so its error is dropped.
+func (db *DB) RequestWake(ctx context.Context) {
+	_, _ = db.Pool.Exec(ctx, requestWakeSQL, WakeChannel)
+}
+
+const requestWakeSQL = `SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')`
+
+// idempotencyLockID is the advisory lock that serializes the submits of
+// one organization's idempotency key.
+func idempotencyLockID(organizationID int64, key string) int64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d\x00%s", organizationID, key)
+	return int64(h.Sum64())
+}
+
+type orgKey struct {
+	org int64
+	key string
+}
+
+func (db *DB) requestInsertBatch(ctx context.Context, ps []RequestInsertParams) ([]RequestInsertOutcome, error) {
+	out := make([]RequestInsertOutcome, len(ps))
+	var keyed []int // the first row of each idempotency key
+	seen := map[orgKey]bool{}
+	for i, p := range ps {
+		if p.IdempotencyKey == "" {
+			continue
+		}
+		k := orgKey{p.OrganizationID, p.IdempotencyKey}
+		if seen[k] {
+			out[i].Err = ErrIdempotencyInFlight
+			continue
+		}
+		seen[k] = true
+		keyed = append(keyed, i)
+	}
+	if len(keyed) == 0 {
+		// One statement in its own implicit transaction: one round trip.
+		if err := requestInsertRows(ctx, db.Pool, ps, out); err != nil {
+			return nil, err
+		}
+		return out, nil
+	}
 	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		if p.IdempotencyKey != "" {
-			h := fnv.New64a()
-			fmt.Fprintf(h, "%d\x00%s", p.OrganizationID, p.IdempotencyKey)
-			var locked bool
-			if err := tx.QueryRow(ctx, `SELECT pg_try_advisory_xact_lock($1)`, int64(h.Sum64())).Scan(&locked); err != nil {
-				return err
-			}
-			if !locked {
-				return ErrIdempotencyInFlight
-			}
-			var prevID requestid.ID
-			var prevHash []byte
-			err := tx.QueryRow(ctx, idempotencyKeyGetSQL,
-				p.OrganizationID, p.IdempotencyKey, IdempotencyWindow.Seconds()).Scan(&prevID, &prevHash)
-			switch {
-			case err == nil && !bytes.Equal(prevHash, p.BodyHash):
-				return ErrIdempotencyMismatch
-			case err == nil:
-				res = RequestInsertResult{ID: prevID, Replayed: true}
-				return nil
-			case !errors.Is(err, pgx.ErrNoRows):
-				return err
-			}
-			if _, err := tx.Exec(ctx, `
-				INSERT INTO idempotency_keys (organization_id, key, body_hash, request_id) VALUES ($1, $2, $3, $4)
-				ON CONFLICT (organization_id, key) DO UPDATE
-				SET body_hash = excluded.body_hash, request_id = excluded.request_id, created_at = now()`,
-				p.OrganizationID, p.IdempotencyKey, p.BodyHash, p.ID); err != nil {
-				return err
-			}
-		}
-		webhookState := WebhookNone
-		var endpoint *string
-		if p.WebhookEndpoint != "" {
-			webhookState, endpoint = WebhookPending, &p.WebhookEndpoint
-		}
-		if _, err := tx.Exec(ctx, `
-			INSERT INTO async_requests (id, organization_id, model_id, is_chain, deployment_id, state,
-				webhook_state, webhook_endpoint, priority, due_at, deadline_at, max_attempts,
-				initial_delay_ms, max_delay_ms, input, created_at, status_at)
-			VALUES ($1, $2, $3, $4, $5, 'QUEUED', $6, $7, $8, now(), now() + make_interval(secs => $9),
-				$10, $11, $12, $13, now(), now())`,
-			p.ID, p.OrganizationID, p.ModelID, p.IsChain, p.DeploymentID, webhookState, endpoint,
-			p.Priority, p.MaxTimeInQueue.Seconds(), p.MaxAttempts, p.InitialDelayMS, p.MaxDelayMS, p.Input); err != nil {
+		if err := idempotencyKeysCheck(ctx, tx, ps, keyed, out); err != nil {
 			return err
 		}
-		// Identical notifications in one transaction are delivered once, and
-		// listeners coalesce the rest.
-		_, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, WakeChannel)
-		return err
+		return requestInsertRows(ctx, tx, ps, out)
 	})
 	if err != nil {
-		return RequestInsertResult{}, fmt.Errorf("insert request: %w", err)
+		return nil, err
 	}
-	return res, nil
+	return out, nil
 }
+
+// idempotencyKeysCheck takes the advisory lock of each row of keyed and
+// looks its key up, marking in out the rows that replay, mismatch or are
+// in flight. The lookup is a statement of its own after the locks, so its
+// snapshot sees a key committed by a submit that held the lock before.
+func idempotencyKeysCheck(ctx context.Context, tx pgx.Tx, ps []RequestInsertParams, keyed []int, out []RequestInsertOutcome) error {
+	orgs, keys, locks := make([]int64, len(keyed)), make([]string, len(keyed)), make([]int64, len(keyed))
+	for j, i := range keyed {
+		orgs[j], keys[j] = ps[i].OrganizationID, ps[i].IdempotencyKey
+		locks[j] = idempotencyLockID(orgs[j], keys[j])
+	}
+	var batch pgx.Batch
+	batch.Queue(`SELECT pg_try_advisory_xact_lock(l) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(l, n) ORDER BY n`, locks)
+	batch.Queue(`
+		SELECT k.n, i.request_id, i.body_hash
+		FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS k(org, key, n)
+		JOIN idempotency_keys i ON i.organization_id = k.org AND i.key = k.key
+		WHERE i.created_at > now() - make_interval(secs => $3)`, orgs, keys, IdempotencyWindow.Seconds())
+	br := tx.SendBatch(ctx, &batch)
+	defer br.Close()
+	rows, err := br.Query()
+	if err != nil {
+		return err
+	}
+	locked, err := pgx.CollectRows(rows, pgx.RowTo[bool])
+	if err != nil {
+		return err
+	}
+	rows, err = br.Query()
+	if err != nil {
+		return err
+	}
+	var (
+		n        int64
+		prevID   requestid.ID
+		prevHash []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&n, &prevID, &prevHash}, func() error {
+		i := keyed[n-1]
+		if !locked[n-1] {
+			return nil
+		}
+		if bytes.Equal(prevHash, ps[i].BodyHash) {
+			out[i].RequestInsertResult = RequestInsertResult{ID: prevID, Replayed: true}
+		} else {
+			out[i].Err = ErrIdempotencyMismatch
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for j, i := range keyed {
+		if !locked[j] {
+			out[i].Err = ErrIdempotencyInFlight
+		}
+	}
+	return br.Close()
+}
+
+// requestInsertRows inserts every row of ps that out has not answered yet,
+// with its idempotency key, in one statement, and answers them: queued, or
+// ErrNotFound when the deployment no longer exists.
+func requestInsertRows(ctx context.Context, q querier, ps []RequestInsertParams, out []RequestInsertOutcome) error {
+	var (
+		ids                          []requestid.ID
+		orgs                         []int64
+		models, deployments, hooks   []string
+		webhooks                     []*string
+		chains                       []bool
+		priorities, attempts, delays []int32
+		maxDelays                    []int32
+		queueSecs                    []float64
+		inputs                       [][]byte
+		keyOrgs                      []int64
+		keys                         []string
+		hashes                       [][]byte
+		keyIDs                       []requestid.ID
+	)
+	for i, p := range ps {
+		if out[i].Err != nil || out[i].Replayed {
+			continue
+		}
+		hook, endpoint := WebhookNone, (*string)(nil)
+		if p.WebhookEndpoint != "" {
+			hook, endpoint = WebhookPending, &ps[i].WebhookEndpoint
+		}
+		ids, orgs = append(ids, p.ID), append(orgs, p.OrganizationID)
+		models, deployments, chains = append(models, p.ModelID), append(deployments, p.DeploymentID), append(chains, p.IsChain)
+		hooks, webhooks = append(hooks, string(hook)), append(webhooks, endpoint)
+		priorities, queueSecs = append(priorities, int32(p.Priority)), append(queueSecs, p.MaxTimeInQueue.Seconds())
+		attempts, delays, maxDelays = append(attempts, int32(p.MaxAttempts)), append(delays, int32(p.InitialDelayMS)), append(maxDelays, int32(p.MaxDelayMS))
+		inputs = append(inputs, p.Input)
+		if p.IdempotencyKey != "" {
+			keyOrgs, keys = append(keyOrgs, p.OrganizationID), append(keys, p.IdempotencyKey)
+			hashes, keyIDs = append(hashes, p.BodyHash), append(keyIDs, p.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := q.Query(ctx, requestInsertSQL, ids, orgs, models, chains, deployments, hooks, webhooks,
+		priorities, queueSecs, attempts, delays, maxDelays, inputs, keyOrgs, keys, hashes, keyIDs)
+	if err != nil {
+		return err
+	}
+	inserted, err := pgx.CollectRows(rows, pgx.RowTo[requestid.ID])
+	if err != nil {
+		return err
+	}
+	done := make(map[requestid.ID]bool, len(inserted))
+	for _, id := range inserted {
+		done[id] = true
+	}
+	for i, p := range ps {
+		if out[i].Err != nil || out[i].Replayed {
+			continue
+		}
+		if done[p.ID] {
+			out[i].RequestInsertResult = RequestInsertResult{ID: p.ID}
+		} else {
+			out[i].Err = ErrNotFound
+		}
+	}
+	return nil
+}
+
+// requestInsertSQL queues a batch of requests and records their
+// idempotency keys. Rows whose deployment is gone are left out; their keys
+// with them. An expired key (older than IdempotencyWindow, not yet
+// purged) is taken over.
+const requestInsertSQL = `
+	WITH input AS (
+		SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::bool[], $5::text[], $6::text[], $7::text[],
+			$8::int[], $9::float8[], $10::int[], $11::int[], $12::int[], $13::bytea[])
+			AS u(id, organization_id, model_id, is_chain, deployment_id, webhook_state, webhook_endpoint,
+				priority, queue_secs, max_attempts, initial_delay_ms, max_delay_ms, input)
+	), inserted AS (
+		INSERT INTO async_requests (id, organization_id, model_id, is_chain, deployment_id, state,
+			webhook_state, webhook_endpoint, priority, due_at, deadline_at, max_attempts,
+			initial_delay_ms, max_delay_ms, input, created_at, status_at)
+		SELECT u.id, u.organization_id, u.model_id, u.is_chain, u.deployment_id, 'QUEUED',
+			u.webhook_state, u.webhook_endpoint, u.priority, now(), now() + make_interval(secs => u.queue_secs),
+			u.max_attempts, u.initial_delay_ms, u.max_delay_ms, u.input, now(), now()
+		FROM input u
+		WHERE EXISTS (SELECT FROM deployments d WHERE d.id = u.deployment_id)
+		RETURNING id
+	), keys AS (
+		INSERT INTO idempotency_keys (organization_id, key, body_hash, request_id)
+		SELECT k.organization_id, k.key, k.body_hash, k.request_id
+		FROM unnest($14::bigint[], $15::text[], $16::bytea[], $17::uuid[]) AS k(organization_id, key, body_hash, request_id)
+		WHERE k.request_id IN (SELECT id FROM inserted)
+		ON CONFLICT (organization_id, key) DO UPDATE
+		SET body_hash = excluded.body_hash, request_id = excluded.request_id, created_at = now()
+	)
+	SELECT id FROM inserted`
 
 const idempotencyKeyGetSQL = `
 	SELECT request_id, body_hash FROM idempotency_keys

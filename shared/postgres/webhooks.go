@@ -288,7 +288,8 @@ func (db *DB) WebhookDeliveryNextDue(ctx context.Context) (time.Duration, bool, 
 }
 
 // WebhookDeliveryRelease hands claimed deliveries back on shutdown: PENDING,
-// due now, the attempt not counted, and deliverers woken to pick them up.
+// due now, the attempt not counted, and deliverers woken to pick them up
+// once that has committed (see Notify).
 // Rows whose lease owner no longer holds are left alone. It returns how many
 // rows it released.
 func (db *DB) WebhookDeliveryRelease(ctx context.Context, owner string, ids []int64) (int, error) {
@@ -305,21 +306,7 @@ func (db *DB) WebhookDeliveryRelease(ctx context.Context, owner string, ids []in
 	}
 	n := int(tag.RowsAffected())
 	if n > 0 {
-		db.WebhookWake(ctx)
+		_ = db.Notify(ctx, Notice{Deliverers: true}) // a lost wake-up costs a poll
 	}
 	return n, nil
 }
-
-// WebhookWake wakes deliverers after a commit that made deliveries due. The
-// NOTIFY is a transaction of its own that does not wait for its commit to be
-// flushed: NOTIFY holds a database-wide lock from pre-commit to the end of
-// the commit, so inside a durable write it would serialize every writer on
-// one WAL flush. A lost wake-up costs at most a poll interval, so errors are
-// ignored.
-func (db *DB) WebhookWake(ctx context.Context) {
-	// One round trip: without arguments pgx sends this as one simple query.
-	_, _ = db.Pool.Exec(ctx, webhookWakeSQL)
-}
-
-// webhookWakeSQL is the notify of WebhookWake; the channel is a constant.
-const webhookWakeSQL = `BEGIN; SET LOCAL synchronous_commit = off; SELECT pg_notify('` + WebhookWakeChannel + `', ''); COMMIT`

@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,9 +204,24 @@ func TestWebhookDelivery(t *testing.T) {
 		if n, err := pg.WebhookDeliveryRelease(ctx, "other", []int64{d.ID}); err != nil || n != 0 {
 			t.Errorf("release by another owner = %d, %v", n, err)
 		}
+		// A deliverer listens; WakeListen wakes it once when it connects.
+		var woken atomic.Int64
+		listenCtx, stopListen := context.WithCancel(ctx)
+		defer stopListen()
+		go pg.WakeListen(listenCtx, postgres.WebhookWakeChannel, func() { woken.Add(1) }, func(error) {})
+		waitUntil := func(what string, cond func() bool) {
+			t.Helper()
+			for deadline := time.Now().Add(30 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("timed out waiting for %s", what)
+				}
+			}
+		}
+		waitUntil("the listener", func() bool { return woken.Load() == 1 })
 		if n, err := pg.WebhookDeliveryRelease(ctx, "a", []int64{d.ID}); err != nil || n != 1 {
 			t.Fatalf("release = %d, %v", n, err)
 		}
+		waitUntil("the hand-back to wake the deliverer", func() bool { return woken.Load() == 2 })
 		d = webhookClaim(t, pg, "b", 1)[0]
 		if d.Attempt != 2 {
 			t.Errorf("attempt after hand-back = %d, want 2 (the handed-back attempt not counted)", d.Attempt)

@@ -1,4 +1,5 @@
-// Package probe serves what the processor exposes on :9002: liveness
+// Package probe serves what a long-running process exposes on its admin
+// port (the processor's PROCESSOR_PORT, the API's API_ADMIN_PORT): liveness
 // (/healthz), readiness (/readyz) and Prometheus metrics (/metrics).
 package probe
 

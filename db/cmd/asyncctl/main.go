@@ -1,20 +1,28 @@
-// Command asyncctl is the operator CLI: it migrates the database and creates
-// organizations, API keys, models, chains, deployments and webhook secrets.
+// Command asyncctl is the operator CLI: it migrates the database, creates
+// organizations, API keys, models, chains, deployments and webhook secrets,
+// and runs every action of the management API (SPEC §13) through the same
+// service code (shared/manage) as the /v1 routes.
 //
-// It reads the database from DATABASE_URL (or the DB_* variables), like the
-// service. Every bad argument gives one line on stderr and exit status 2.
+// Each command has its own flags; `asyncctl <command> --help` lists them.
+// Every command but migrate and reencrypt-credentials takes --org (the organization's name) and
+// --json (the answer as the management API's JSON, for scripts). It reads
+// the database from DATABASE_URL (or the DB_* variables), like the
+// service. A bad argument gives one line on stderr and exit status 2; a
+// failure (not found, refused, database down) exit status 1.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
+	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
-	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -26,26 +34,56 @@ import (
 	"github.com/openasync/asyncrequest/db"
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/credential"
+	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/postgres"
-	"github.com/openasync/asyncrequest/shared/webhook"
 )
 
-const usage = `usage: asyncctl <command> [flags]
+// command is one asyncctl command: its name, what it does, the arguments
+// its usage line shows, and setup, which defines its flags on fs and
+// returns the function that runs it once they are parsed.
+type command struct {
+	name    string
+	args    string
+	summary string
+	// noOrg: the command takes no --org (migrate).
+	noOrg bool
+	setup func(c *cli, fs *flag.FlagSet) func() error
+}
 
-commands:
-  migrate                                   create the database if missing, apply pending migrations
-  create-org <name>                         create an organization (no-op if it exists)
-  create-api-key --org <name> [--name <label>]
-                                            create an API key; it is printed once, only its hash is stored
-  create-model --org <name> --id <model_id> [--chain] [--name <label>]
-                                            create a model (or, with --chain, a chain)
-  create-deployment --org <name> --model <model_id> --id <deployment_id> --url <base url>
-                    [--env production,development] [--max-concurrency 8] [--credential-env VAR]
-                                            create or update a deployment and point environments at it
-  rotate-webhook-secret --org <name> [--secret whsec_...] [--overlap 24h]
-                                            make a new webhook secret current; the old ones sign for --overlap
-  reencrypt-credentials                     encrypt every upstream credential under the first UPSTREAM_CREDENTIAL_KEYS key
-`
+// commands in the order usage lists them.
+var commands = []command{
+	{name: "migrate", summary: "create the database if missing, apply pending migrations", noOrg: true, setup: migrateCmd},
+	{name: "create-org", args: "--org <name>", summary: "create an organization (no-op if it exists); the name may also be the one argument", setup: createOrgCmd},
+	{name: "create-api-key", args: "--org <name> [--name <label>] [--scope manage|invoke]", summary: "create an API key; it is printed once, only its hash is stored", setup: createAPIKeyCmd},
+	{name: "list-api-keys", args: "--org <name>", summary: "list the API keys (prefix, name, scope, created, last used; never the key)", setup: listAPIKeysCmd},
+	{name: "revoke-api-key", args: "--org <name> --id <api_key_id>", summary: "revoke an API key (refused everywhere within 30 s)", setup: revokeAPIKeyCmd},
+	{name: "create-model", args: "--org <name> --id <model_id> [--chain] [--name <label>]", summary: "create a model (or, with --chain, a chain), or rename it", setup: createModelCmd},
+	{name: "create-deployment", args: "--org <name> --model <model_id> --id <deployment_id> --url <base url> [--env production,development] [--max-concurrency 8] [--credential-env VAR]", summary: "create or update a deployment and point environments at it", setup: createDeploymentCmd},
+	{name: "list-deployments", args: "--org <name>", summary: "list deployments with their live queue figures", setup: listDeploymentsCmd},
+	{name: "pause-deployment", args: "--org <name> --id <deployment_id>", summary: "stop claiming a deployment's requests (submits are still accepted)", setup: pauseCmd(true)},
+	{name: "resume-deployment", args: "--org <name> --id <deployment_id>", summary: "claim a paused deployment's requests again", setup: pauseCmd(false)},
+	{name: "set-concurrency", args: "--org <name> --id <deployment_id> --max-concurrency <n>", summary: "change a deployment's max_concurrency", setup: setConcurrencyCmd},
+	{name: "purge-queue", args: "--org <name> --id <deployment_id>", summary: "cancel every QUEUED request of a deployment", setup: purgeQueueCmd},
+	{name: "list-requests", args: "--org <name> [--state S] [--deployment D] [--model M] [--created-after T] [--created-before T] [--limit 50] [--cursor C]", summary: "list requests, newest first", setup: listRequestsCmd},
+	{name: "show-request", args: "--org <name> --id <request_id>", summary: "show a request with its attempts and webhook deliveries", setup: showRequestCmd},
+	{name: "retry-request", args: "--org <name> --id <request_id>", summary: "run a FAILED or EXPIRED request again", setup: retryRequestCmd},
+	{name: "cancel-requests", args: "--org <name> (--ids a,b,... | [--state S] [--deployment D] [--model M] [--created-after T] [--created-before T])", summary: "cancel QUEUED requests by id or filter, at most 10,000 per call", setup: bulkCmd("cancel-requests")},
+	{name: "retry-requests", args: "--org <name> (--ids a,b,... | [--state S] [--deployment D] [--model M] [--created-after T] [--created-before T])", summary: "retry FAILED or EXPIRED requests by id or filter, at most 10,000 per call", setup: bulkCmd("retry-requests")},
+	{name: "reencrypt-credentials", summary: "encrypt every upstream credential under the first UPSTREAM_CREDENTIAL_KEYS key", noOrg: true, setup: reencryptCmd},
+	{name: "list-webhook-secrets", args: "--org <name>", summary: "list the webhook secrets that sign (id, created, expires; never the secret)", setup: listWebhookSecretsCmd},
+	{name: "rotate-webhook-secret", args: "--org <name> [--secret whsec_...] [--overlap 24h]", summary: "make a new webhook secret current; the old ones sign for --overlap", setup: rotateWebhookSecretCmd},
+}
+
+func usage() string {
+	var b strings.Builder
+	b.WriteString("usage: asyncctl <command> [flags]   (asyncctl <command> --help lists its flags)\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-22s %s\n", c.name, c.summary)
+	}
+	b.WriteString("\nevery command but migrate and reencrypt-credentials takes --org <name>; every one takes --json\n")
+	return b.String()
+}
 
 // errUsage marks errors that are the caller's: exit status 2.
 type errUsage struct{ msg string }
@@ -80,222 +118,224 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env envco
 	return 1
 }
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+// cli is what every command shares: its output, the environment, the
+// common flags, and the database once opened.
+type cli struct {
+	ctx    context.Context
+	cmd    string
+	stdout io.Writer
+	stderr io.Writer
+	env    envconfig.Lookuper
+	org    string
+	json   bool
+	pg     *postgres.DB
+}
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer, env envconfig.Lookuper) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		if len(args) == 0 {
 			return usageErr("missing command (see asyncctl help)")
 		}
 		return nil
 	}
-	cmd, args := args[0], args[1:]
-	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	i := slices.IndexFunc(commands, func(c command) bool { return c.name == args[0] })
+	if i < 0 {
+		return usageErr("unknown command %q (see asyncctl help)", args[0])
+	}
+	cmd := commands[i]
+	c := &cli{ctx: ctx, cmd: cmd.name, stdout: stdout, stderr: stderr, env: env}
+	defer func() {
+		if c.pg != nil {
+			c.pg.Close()
+		}
+	}()
+	fs := flag.NewFlagSet(cmd.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	org := fs.String("org", "", "organization name")
-	name := fs.String("name", "", "label")
-	id := fs.String("id", "", "id")
-	chain := fs.Bool("chain", false, "create a chain")
-	model := fs.String("model", "", "model id")
-	rawURL := fs.String("url", "", "deployment base url")
-	envs := fs.String("env", "", "environments, comma-separated")
-	maxConc := fs.Int("max-concurrency", 8, "max concurrent requests")
-	credEnv := fs.String("credential-env", "", "variable holding the upstream credential")
-	secret := fs.String("secret", "", "webhook secret")
-	overlap := fs.Duration("overlap", postgres.WebhookSecretOverlapDefault, "old secret overlap")
-	if err := fs.Parse(args); err != nil {
-		return usageErr("%s: %v", cmd, err)
+	if !cmd.noOrg {
+		fs.StringVar(&c.org, "org", "", "the organization's `name`")
 	}
-	pos := fs.Args()
-	var orgName string
-	requireOrg := func() error {
-		if *org == "" {
-			return usageErr("%s: --org is required", cmd)
+	fs.BoolVar(&c.json, "json", false, "print the answer as JSON")
+	runCmd := cmd.setup(c, fs)
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintf(stdout, "usage: asyncctl %s %s\n\n%s\n\nflags:\n", cmd.name, cmd.args, cmd.summary)
+			fs.SetOutput(stdout)
+			fs.PrintDefaults()
+			return nil
 		}
-		if !printable(*org) {
-			return usageErr("%s: --org must be printable UTF-8 text", cmd)
-		}
-		return nil
+		return usageErr("%s: %v", cmd.name, err)
 	}
+	if cmd.name != "create-org" && fs.NArg() > 0 {
+		return usageErr("%s: unexpected argument %q", cmd.name, fs.Arg(0))
+	}
+	return runCmd()
+}
 
-	// Validate everything before touching the database.
-	switch cmd {
-	case "migrate", "reencrypt-credentials":
-	case "create-org":
-		if len(pos) != 1 || strings.TrimSpace(pos[0]) == "" {
-			return usageErr("create-org: expected exactly one organization name")
-		}
-		if !printable(pos[0]) {
-			return usageErr("create-org: the organization name must be printable UTF-8 text")
-		}
-		orgName, pos = strings.TrimSpace(pos[0]), pos[1:]
-	case "create-api-key":
-		if err := requireOrg(); err != nil {
-			return err
-		}
-	case "create-model":
-		if err := requireOrg(); err != nil {
-			return err
-		}
-		if !idPattern.MatchString(*id) {
-			return usageErr("create-model: --id must be 1 to 64 letters, digits, '-' or '_'")
-		}
-	case "create-deployment":
-		if err := requireOrg(); err != nil {
-			return err
-		}
-		if !idPattern.MatchString(*model) {
-			return usageErr("create-deployment: --model must be a model id")
-		}
-		if !idPattern.MatchString(*id) {
-			return usageErr("create-deployment: --id must be 1 to 64 letters, digits, '-' or '_'")
-		}
-		u, err := url.Parse(*rawURL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || !printable(*rawURL) {
-			return usageErr("create-deployment: --url must be an http or https URL")
-		}
-		if *maxConc < 1 || *maxConc > 100000 {
-			return usageErr("create-deployment: --max-concurrency must be between 1 and 100000")
-		}
-		for _, e := range splitList(*envs) {
-			if !idPattern.MatchString(e) {
-				return usageErr("create-deployment: --env %q is not a valid environment name", e)
-			}
-		}
-		if *credEnv != "" {
-			if v, ok := env.Lookup(*credEnv); !ok || v == "" {
-				return usageErr("create-deployment: --credential-env %s is not set", *credEnv)
-			}
-			if v, _ := env.Lookup("UPSTREAM_CREDENTIAL_KEYS"); strings.TrimSpace(v) == "" {
-				return usageErr("create-deployment: --credential-env needs UPSTREAM_CREDENTIAL_KEYS, the keys credentials are encrypted with")
-			}
-		}
-	case "rotate-webhook-secret":
-		if err := requireOrg(); err != nil {
-			return err
-		}
-		if *secret != "" {
-			if err := webhook.ValidSecret(*secret); err != nil {
-				return usageErr("rotate-webhook-secret: --secret must be whsec_ followed by base64")
-			}
-		}
-		if *overlap < 0 {
-			return usageErr("rotate-webhook-secret: --overlap must not be negative")
-		}
-	default:
-		return usageErr("unknown command %q (see asyncctl help)", cmd)
+// open connects to the database (once).
+func (c *cli) open() (*postgres.DB, error) {
+	if c.pg != nil {
+		return c.pg, nil
 	}
-	if len(pos) > 0 {
-		return usageErr("%s: unexpected argument %q", cmd, pos[0])
-	}
-
-	cfg, err := config.LoadFrom(ctx, env)
+	cfg, err := config.LoadFrom(c.ctx, c.env)
 	if err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
 	connString, _ := cfg.Database.ConnString()
-	if cmd == "migrate" {
-		if err := db.Migrate(ctx, connString, true, stdout); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, "database at migration", db.LatestVersion())
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	pg, err := postgres.Open(ctx, connString, 2)
+	pg, err := postgres.Open(c.ctx, connString, 2)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer pg.Close()
 	pg.Credentials, _ = credential.ParseKeys(cfg.UpstreamCredentialKeys) // checked by config.LoadFrom
+	c.pg = pg
+	return pg, nil
+}
 
-	if cmd == "reencrypt-credentials" {
-		n, err := pg.DeploymentCredentialsReencrypt(ctx)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%d upstream credentials re-encrypted under the first key\n", n)
-		return nil
+// checkOrg validates --org without touching the database.
+func (c *cli) checkOrg() error {
+	if c.org == "" {
+		return usageErr("%s: --org is required", c.cmd)
 	}
-
-	if cmd == "create-org" {
-		o, err := pg.OrganizationEnsure(ctx, orgName)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "organization %q (id %d)\n", o.Name, o.ID)
-		return nil
-	}
-	o, err := pg.OrganizationGetByName(ctx, *org)
-	if errors.Is(err, postgres.ErrNotFound) {
-		return usageErr("%s: organization %q does not exist (create-org first)", cmd, *org)
-	}
-	if err != nil {
-		return err
-	}
-	switch cmd {
-	case "create-api-key":
-		key := postgres.NewAPIKey()
-		if err := pg.APIKeyCreate(ctx, o.ID, key, *name); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s\n", key)
-		fmt.Fprintln(stderr, "asyncctl: API key created; it is shown only this once")
-	case "create-model":
-		kind := postgres.KindModel
-		if *chain {
-			kind = postgres.KindChain
-		}
-		err := pg.ModelCreate(ctx, postgres.Model{ID: *id, OrganizationID: o.ID, Kind: kind, Name: *name})
-		if errors.Is(err, postgres.ErrConflict) {
-			return usageErr("create-model: id %q is taken", *id)
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "%s %q\n", kind, *id)
-	case "create-deployment":
-		var cred string
-		if *credEnv != "" {
-			cred, _ = env.Lookup(*credEnv)
-		}
-		err := pg.DeploymentCreate(ctx, o.ID, postgres.Deployment{
-			ID: *id, ModelID: *model, URL: *rawURL, Environments: splitList(*envs),
-			MaxConcurrency: *maxConc, UpstreamCredential: cred,
-		})
-		switch {
-		case errors.Is(err, postgres.ErrNotFound):
-			return usageErr("create-deployment: model %q does not exist in organization %q", *model, *org)
-		case errors.Is(err, postgres.ErrConflict):
-			return usageErr("create-deployment: id %q belongs to another model", *id)
-		case err != nil:
-			return err
-		}
-		fmt.Fprintf(stdout, "deployment %q of %q -> %s (max_concurrency %d, environments: %s)\n",
-			*id, *model, *rawURL, *maxConc, strings.Join(splitList(*envs), ","))
-	case "rotate-webhook-secret":
-		s := *secret
-		if s == "" {
-			if s, err = webhook.GenerateSecret(); err != nil {
-				return err
-			}
-		}
-		if err := pg.WebhookSecretRotate(ctx, o.ID, s, *overlap); err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, s)
+	if !printable(c.org) {
+		return usageErr("%s: --org must be printable UTF-8 text", c.cmd)
 	}
 	return nil
 }
 
+// service opens the database and returns the management service acting for
+// --org as the operator (key id 0, named "asyncctl").
+func (c *cli) service() (*manage.Service, manage.Actor, error) {
+	pg, err := c.open()
+	if err != nil {
+		return nil, manage.Actor{}, err
+	}
+	o, err := pg.OrganizationGetByName(c.ctx, c.org)
+	if errors.Is(err, postgres.ErrNotFound) {
+		return nil, manage.Actor{}, usageErr("%s: organization %q does not exist (create-org first)", c.cmd, c.org)
+	}
+	if err != nil {
+		return nil, manage.Actor{}, err
+	}
+	// Actions are logged on stderr, as the API logs them.
+	svc := &manage.Service{DB: pg, Logger: slog.New(slog.NewTextHandler(c.stderr, nil))}
+	return svc, manage.Actor{OrganizationID: o.ID, KeyName: "asyncctl", Scope: postgres.ScopeManage}, nil
+}
+
+// show prints v as JSON with --json, else as human prints it.
+func (c *cli) show(v any, human func(w io.Writer)) error {
+	if c.json {
+		enc := json.NewEncoder(c.stdout)
+		enc.SetEscapeHTML(false)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	human(c.stdout)
+	return nil
+}
+
+// refusal turns the service's answer to a caller mistake (a 400) into a
+// usage error; anything else stays as it is (exit status 1).
+func refusal(cmd string, err error) error {
+	var e *httpapi.Error
+	if errors.As(err, &e) {
+		if e.Status == http.StatusBadRequest {
+			return usageErr("%s: %s", cmd, e.Message)
+		}
+		return fmt.Errorf("%s: %s", cmd, e.Message)
+	}
+	return err
+}
+
+// isCode reports whether err is the service's refusal with code.
+func isCode(err error, code string) bool {
+	var e *httpapi.Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// flagTime parses an optional RFC 3339 time flag.
+func flagTime(cmd, name, raw string) (time.Time, error) {
+	if raw == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, raw)
+	if err != nil {
+		return time.Time{}, usageErr("%s: --%s must be an RFC 3339 time such as 2026-12-01T09:00:00Z", cmd, name)
+	}
+	return t, nil
+}
+
 func splitList(s string) []string {
 	var out []string
-	for _, p := range strings.Split(s, ",") {
+	for p := range strings.SplitSeq(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			out = append(out, p)
 		}
 	}
 	return out
+}
+
+func migrateCmd(c *cli, fs *flag.FlagSet) func() error {
+	return func() error {
+		cfg, err := config.LoadFrom(c.ctx, c.env)
+		if err != nil {
+			return usageErr("%v", err)
+		}
+		connString, _ := cfg.Database.ConnString()
+		log := c.stdout
+		if c.json {
+			log = io.Discard
+		}
+		if err := db.Migrate(c.ctx, connString, true, log); err != nil {
+			return err
+		}
+		return c.show(map[string]string{"version": db.LatestVersion()}, func(w io.Writer) {
+			fmt.Fprintln(w, "database at migration", db.LatestVersion())
+		})
+	}
+}
+
+func createOrgCmd(c *cli, fs *flag.FlagSet) func() error {
+	return func() error {
+		name := c.org
+		switch {
+		case fs.NArg() > 1 || (fs.NArg() == 1 && name != ""):
+			return usageErr("create-org: expected exactly one organization name (--org or one argument)")
+		case fs.NArg() == 1:
+			name = fs.Arg(0)
+		}
+		name = strings.TrimSpace(name)
+		if name == "" {
+			return usageErr("create-org: expected exactly one organization name (--org or one argument)")
+		}
+		if !printable(name) {
+			return usageErr("create-org: the organization name must be printable UTF-8 text")
+		}
+		pg, err := c.open()
+		if err != nil {
+			return err
+		}
+		o, err := pg.OrganizationEnsure(c.ctx, name)
+		if err != nil {
+			return err
+		}
+		return c.show(map[string]any{"id": o.ID, "name": o.Name}, func(w io.Writer) {
+			fmt.Fprintf(w, "organization %q (id %d)\n", o.Name, o.ID)
+		})
+	}
+}
+
+func reencryptCmd(c *cli, fs *flag.FlagSet) func() error {
+	return func() error {
+		pg, err := c.open()
+		if err != nil {
+			return err
+		}
+		n, err := pg.DeploymentCredentialsReencrypt(c.ctx)
+		if err != nil {
+			return err
+		}
+		return c.show(map[string]int{"reencrypted": n}, func(w io.Writer) {
+			fmt.Fprintf(w, "%d upstream credentials re-encrypted under the first key\n", n)
+		})
+	}
 }
