@@ -375,9 +375,8 @@ func (h *harness) api(p *bootstrap.Process) http.Handler {
 	cache := httpapi.NewAuthCache()
 	return console.Mount(httpapi.Mux(
 		submit.New(submit.Options{DB: p.DB, API: h.cfg.API, Webhook: h.cfg.Webhook, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache}),
-		manage.Mount(
-			manage.New(manage.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, AuthCache: cache}),
-			status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache})),
+		status.New(status.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, Metrics: p.Metrics, AuthCache: cache,
+			Handlers: manage.Handlers(manage.Options{DB: p.DB, API: h.cfg.API, Logger: p.Logger, AuthCache: cache})}),
 	), console.New(console.Options{Service: &service.Service{DB: p.DB, Logger: p.Logger, KeyRevoked: cache.Evict}, Logger: p.Logger}))
 }
 

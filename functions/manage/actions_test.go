@@ -28,9 +28,10 @@ func (b bundle) finish(id string, state postgres.RequestState) {
 		VALUES ($1, 1, now() - interval '1 minute', now(), 503, 'MODEL_UNAVAILABLE', 'p1')`)
 }
 
-// runOnce claims acme's due requests and records them SUCCEEDED, as a
-// processor would, with an attempt row each.
-func (b bundle) runOnce(t *testing.T) []postgres.ClaimedRequest {
+// runOnce claims acme's due requests and records for each the outcome
+// (with the model's HTTP status) a processor would, which writes its
+// attempt row.
+func (b bundle) runOnce(t *testing.T, outcome func(postgres.ClaimedRequest) postgres.AttemptOutcome) []postgres.ClaimedRequest {
 	t.Helper()
 	ctx := context.Background()
 	claimed, err := b.db.RequestClaimBatch(ctx, postgres.RequestClaimParams{Owner: "p2", Limit: 100, LeaseDuration: time.Minute})
@@ -39,14 +40,16 @@ func (b bundle) runOnce(t *testing.T) []postgres.ClaimedRequest {
 	}
 	var outcomes []postgres.AttemptOutcome
 	for _, c := range claimed {
-		outcomes = append(outcomes, postgres.AttemptOutcome{ID: c.ID, State: postgres.StateSucceeded, Output: []byte(`{"ok": true}`)})
-		b.exec(c.ID.String(), `INSERT INTO request_attempts (request_id, number, started_at, finished_at, http_status, processor)
-			VALUES ($1, 1, now(), now(), 200, 'p2')`)
+		outcomes = append(outcomes, outcome(c))
 	}
 	if _, err := b.db.RequestCompleteBatch(ctx, "p2", outcomes); err != nil {
 		t.Fatal(err)
 	}
 	return claimed
+}
+
+func succeed(c postgres.ClaimedRequest) postgres.AttemptOutcome {
+	return postgres.AttemptOutcome{ID: c.ID, State: postgres.StateSucceeded, Output: []byte(`{"ok": true}`), HTTPStatus: 200}
 }
 
 func TestRetry(t *testing.T) {
@@ -85,19 +88,61 @@ func TestRetry(t *testing.T) {
 			if !strings.Contains(rec.Body.String(), "QUEUED") {
 				t.Errorf("409 does not say the state: %s", rec.Body)
 			}
-			if claimed := b.runOnce(t); len(claimed) != 1 || claimed[0].Attempt != 1 {
+		})
+	}
+
+	// The whole story through the processor's own statements: a request
+	// FAILED by the model, or EXPIRED waiting for its second attempt, is
+	// retried and SUCCEEDS, both attempts in its history.
+	type historyBody struct {
+		Status   string `json:"status"`
+		Attempts []struct {
+			Number     int    `json:"number"`
+			HTTPStatus int    `json:"http_status"`
+			Code       string `json:"code"`
+		} `json:"attempts"`
+	}
+	for _, c := range []struct {
+		name     string
+		first    postgres.AttemptOutcome
+		thenWait bool // the first attempt is retried, and the request expires waiting
+	}{
+		{"FailedToSucceeded", postgres.AttemptOutcome{State: postgres.StateFailed, HTTPStatus: 400,
+			Error: &postgres.AttemptError{Code: postgres.CodeModelInvalidInput, Message: "bad input"}}, false},
+		{"ExpiredToSucceeded", postgres.AttemptOutcome{State: postgres.StateQueued, HTTPStatus: 503, Delay: time.Hour,
+			Error: &postgres.AttemptError{Code: postgres.CodeModelUnavailable, Message: "busy"}}, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t)
+			ctx := context.Background()
+			id := b.insert(b.acme, "m1", "m1-a", "")
+			b.runOnce(t, func(cl postgres.ClaimedRequest) postgres.AttemptOutcome {
+				o := c.first
+				o.ID = cl.ID
+				return o
+			})
+			if c.thenWait {
+				// Its hour in the queue has passed.
+				b.exec(id, `UPDATE async_requests SET created_at = now() - interval '3601 seconds', deadline_at = now() - interval '1 second' WHERE id = $1`)
+				if _, err := b.db.RequestExpireBatch(ctx, 10); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var before historyBody
+			decode(t, b.do("GET", "/v1/requests/"+id, b.key, nil), http.StatusOK, &before)
+			if want := map[bool]string{false: "FAILED", true: "EXPIRED"}[c.thenWait]; before.Status != want || len(before.Attempts) != 1 {
+				t.Fatalf("before the retry = %+v, want %s with one attempt", before, want)
+			}
+			decode(t, b.do("POST", "/v1/requests/"+id+"/retry", b.key, nil), http.StatusOK, &struct{}{})
+			if claimed := b.runOnce(t, succeed); len(claimed) != 1 || claimed[0].Attempt != 1 || string(claimed[0].Input) != `{"in": 1}` {
 				t.Fatalf("claimed = %+v", claimed)
 			}
-			var d struct {
-				Status   string `json:"status"`
-				Attempts []struct {
-					Number     int `json:"number"`
-					HTTPStatus int `json:"http_status"`
-				} `json:"attempts"`
-			}
-			decode(t, b.do("GET", "/v1/requests/"+id, b.key, nil), http.StatusOK, &d)
-			if d.Status != "SUCCEEDED" || len(d.Attempts) != 2 || d.Attempts[0].HTTPStatus != 503 || d.Attempts[1].HTTPStatus != 200 {
-				t.Fatalf("after the retried run = %+v", d)
+			var after historyBody
+			decode(t, b.do("GET", "/v1/requests/"+id, b.key, nil), http.StatusOK, &after)
+			if after.Status != "SUCCEEDED" || len(after.Attempts) != 2 || after.Attempts[0].HTTPStatus != c.first.HTTPStatus ||
+				after.Attempts[0].Code != c.first.Error.Code || after.Attempts[1].HTTPStatus != 200 {
+				t.Fatalf("after the retried run = %+v", after)
 			}
 		})
 	}
@@ -179,11 +224,8 @@ func TestBulk(t *testing.T) {
 	t.Run("RetryByFilter", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)
-		var failed []string
 		for range 3 {
-			id := b.insert(b.acme, "m1", "m1-a", "")
-			b.finish(id, postgres.StateFailed)
-			failed = append(failed, id)
+			b.finish(b.insert(b.acme, "m1", "m1-a", ""), postgres.StateFailed)
 		}
 		expired := b.insert(b.acme, "m1", "m1-b", "")
 		b.finish(expired, postgres.StateExpired)

@@ -1,8 +1,10 @@
 // Package manage is the handler of the management API (SPEC §13), the /v1
 // routes: a thin HTTP layer over shared/manage, which asyncctl and the
-// console call too. Every route needs an API key of scope manage (an
+// console call too. Its routes are rows of the route table
+// (httpapi.ManagementRoutes), served by the status function (Handlers go
+// into status.Options). Every route needs an API key of scope manage (an
 // invoke key is a 403) and is rate-limited per organization like the
-// status reads. Under AWS Lambda the status function serves it.
+// status reads.
 package manage
 
 import (
@@ -11,7 +13,6 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/openasync/asyncrequest/shared/config"
@@ -36,77 +37,67 @@ type Options struct {
 	Now func() time.Time
 }
 
-// Routes are the management API's routes, method and pattern.
-var Routes = []string{
-	"GET /v1/requests",
-	"GET /v1/requests/{request_id}",
-	"POST /v1/requests/{request_id}/retry",
-	"POST /v1/requests/cancel",
-	"POST /v1/requests/retry",
-	"GET /v1/deployments",
-	"PATCH /v1/deployments/{deployment_id}",
-	"PUT /v1/deployments/{deployment_id}",
-	"POST /v1/deployments/{deployment_id}/purge",
-	"PUT /v1/models/{model_id}",
-	"GET /v1/webhook-secrets",
-	"POST /v1/webhook-secrets/rotate",
-	"GET /v1/api-keys",
-	"POST /v1/api-keys",
-	"DELETE /v1/api-keys/{api_key_id}",
-}
-
-// New returns the /v1 handler.
+// New returns the management API alone: its routes of the route table
+// (httpapi.ManagementRoutes), with their authentication. The status
+// function serves the same handlers beside its own (Handlers).
 func New(o Options) http.Handler {
 	log := cmp.Or(o.Logger, slog.Default())
 	cache := o.AuthCache
 	if cache == nil {
 		cache = httpapi.NewAuthCache()
-	}
-	h := &handler{
-		svc: &manage.Service{DB: o.DB, Logger: log, KeyRevoked: cache.Evict},
-		log: log,
+		o.AuthCache = cache
 	}
 	now := o.Now
 	if now == nil {
 		now = time.Now
 	}
 	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: log, Now: now, Cache: cache})
-	readRate := cmp.Or(o.API.ReadRate, httpapi.ReadRateDefault)
-	limit := httpapi.RateLimit(readRate, httpapi.ReadBurst(readRate), now)
-
-	handlers := map[string]http.HandlerFunc{
-		"GET /v1/requests":                           h.requestList,
-		"GET /v1/requests/{request_id}":              h.requestGet,
-		"POST /v1/requests/{request_id}/retry":       h.requestRetry,
-		"POST /v1/requests/cancel":                   h.requestsCancel,
-		"POST /v1/requests/retry":                    h.requestsRetry,
-		"GET /v1/deployments":                        h.deploymentList,
-		"PATCH /v1/deployments/{deployment_id}":      h.deploymentUpdate,
-		"PUT /v1/deployments/{deployment_id}":        h.deploymentPut,
-		"POST /v1/deployments/{deployment_id}/purge": h.deploymentPurge,
-		"PUT /v1/models/{model_id}":                  h.modelPut,
-		"GET /v1/webhook-secrets":                    h.webhookSecretList,
-		"POST /v1/webhook-secrets/rotate":            h.webhookSecretRotate,
-		"GET /v1/api-keys":                           h.apiKeyList,
-		"POST /v1/api-keys":                          h.apiKeyCreate,
-		"DELETE /v1/api-keys/{api_key_id}":           h.apiKeyRevoke,
-	}
-	var rt httpapi.Router
-	for _, pattern := range Routes {
-		rt.Handle(pattern, auth(limit(requireManage(log, handlers[pattern]))))
-	}
-	return &rt
+	return httpapi.NewRouter(httpapi.RouterOptions{
+		Function:     httpapi.FunctionStatus,
+		Handlers:     Handlers(o),
+		Authenticate: httpapi.RequireScope(auth),
+		Routes:       httpapi.ManagementRoutes,
+	})
 }
 
-// requireManage refuses keys of scope invoke with a 403.
-func requireManage(log *slog.Logger, next http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if k, _ := httpapi.KeyFrom(r.Context()); k.Scope != postgres.ScopeManage {
-			httpapi.WriteError(w, r, log, manage.ErrForbidden)
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
+// Handlers returns the management API's handlers by route handler name,
+// each rate-limited per organization like the status reads; the router
+// authenticates them (httpapi.RequireScope: a key of scope manage).
+// Revoking a key evicts it from o.AuthCache, which the process's other
+// handlers should share.
+func Handlers(o Options) map[string]http.Handler {
+	log := cmp.Or(o.Logger, slog.Default())
+	h := &handler{svc: &manage.Service{DB: o.DB, Logger: log}, log: log}
+	if o.AuthCache != nil {
+		h.svc.KeyRevoked = o.AuthCache.Evict
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	readRate := cmp.Or(o.API.ReadRate, httpapi.ReadRateDefault)
+	limit := httpapi.RateLimit(readRate, httpapi.ReadBurst(readRate), now)
+	handlers := map[string]http.Handler{}
+	for name, f := range map[string]http.HandlerFunc{
+		httpapi.HandlerManageRequestList:      h.requestList,
+		httpapi.HandlerManageRequestGet:       h.requestGet,
+		httpapi.HandlerManageRequestRetry:     h.requestRetry,
+		httpapi.HandlerManageRequestsCancel:   h.requestsCancel,
+		httpapi.HandlerManageRequestsRetry:    h.requestsRetry,
+		httpapi.HandlerManageDeploymentList:   h.deploymentList,
+		httpapi.HandlerManageDeploymentUpdate: h.deploymentUpdate,
+		httpapi.HandlerManageDeploymentPut:    h.deploymentPut,
+		httpapi.HandlerManageDeploymentPurge:  h.deploymentPurge,
+		httpapi.HandlerManageModelPut:         h.modelPut,
+		httpapi.HandlerManageSecretList:       h.webhookSecretList,
+		httpapi.HandlerManageSecretRotate:     h.webhookSecretRotate,
+		httpapi.HandlerManageKeyList:          h.apiKeyList,
+		httpapi.HandlerManageKeyCreate:        h.apiKeyCreate,
+		httpapi.HandlerManageKeyRevoke:        h.apiKeyRevoke,
+	} {
+		handlers[name] = limit(f)
+	}
+	return handlers
 }
 
 type handler struct {
@@ -294,17 +285,4 @@ func (h *handler) apiKeyRevoke(w http.ResponseWriter, r *http.Request) {
 	}
 	k, err := h.svc.APIKeyRevoke(r.Context(), actor(r), id)
 	h.answer(w, r, http.StatusOK, k, err)
-}
-
-// Mount serves the management API (paths under /v1/) with mgmt and
-// everything else with rest: the status function, and the API port of the
-// dev harness, serve both.
-func Mount(mgmt, rest http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if strings.HasPrefix(r.URL.Path, "/v1/") {
-			mgmt.ServeHTTP(w, r)
-			return
-		}
-		rest.ServeHTTP(w, r)
-	})
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -21,6 +22,9 @@ import (
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
+
+// quiet drops the handler's logs (each action logs a line).
+var quiet = slog.New(slog.DiscardHandler)
 
 type bundle struct {
 	db        *postgres.DB
@@ -60,7 +64,7 @@ func setup(t testing.TB) bundle {
 		t.Fatal(err)
 	}
 	c := apitest.NewClock(time.Now())
-	h := manage.New(manage.Options{DB: db, Now: c.Now})
+	h := manage.New(manage.Options{DB: db, Now: c.Now, Logger: quiet})
 	b := bundle{db: db, h: h, clock: c, key: acme.Key, invokeKey: invoke, otherKey: other.Key, acme: acme.ID, other: other.ID}
 	b.insert = func(org int64, model, deployment, webhook string) string {
 		t.Helper()
@@ -136,11 +140,11 @@ type listBody struct {
 func TestScope(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	for _, route := range manage.Routes {
-		method, pattern, _ := strings.Cut(route, " ")
+	for _, route := range httpapi.ManagementRoutes {
+		method, pattern := route.Method, route.Pattern
 		path := strings.NewReplacer("{request_id}", requestid.New().String(), "{deployment_id}", "m1-a",
 			"{model_id}", "m1", "{api_key_id}", "1").Replace(pattern)
-		t.Run(strings.ReplaceAll(route, "/", "_"), func(t *testing.T) {
+		t.Run(strings.ReplaceAll(route.String(), "/", "_"), func(t *testing.T) {
 			t.Parallel()
 			rec := b.do(method, path, b.invokeKey, "{}")
 			apitest.CheckError(t, rec, http.StatusForbidden, "FORBIDDEN", "")
@@ -160,7 +164,7 @@ func TestRevocationAcrossInstances(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	// A second API instance over the same database, with its own key cache.
-	second := manage.New(manage.Options{DB: b.db, Now: b.clock.Now})
+	second := manage.New(manage.Options{DB: b.db, Now: b.clock.Now, Logger: quiet})
 	var created struct {
 		ID  int64  `json:"id"`
 		Key string `json:"key"`

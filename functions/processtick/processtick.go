@@ -118,8 +118,9 @@ type Processor struct {
 	// keeps the most output bytes one completion statement carried.
 	stats struct{ claims, claimed, writes, written, writeBytesMax atomic.Int64 }
 
-	depthMu   sync.Mutex
-	depthSeen map[[2]string]bool // queue-depth series set so far
+	depthMu    sync.Mutex
+	depthSeen  map[[2]string]bool // queue-depth series set so far
+	pausedSeen map[string]bool    // paused-deployment series set so far
 }
 
 // New returns a Processor, applying the defaults to unset options.
@@ -251,6 +252,21 @@ func (p *Processor) RefreshQueueDepth(ctx context.Context) error {
 		}
 	}
 	p.depthSeen = seen
+	paused, err := p.db.DeploymentPausedList(ctx)
+	if err != nil {
+		return err
+	}
+	pausedNow := map[string]bool{}
+	for _, id := range paused {
+		pausedNow[id] = true
+		p.metrics.DeploymentPaused.WithLabelValues(id).Set(1)
+	}
+	for id := range p.pausedSeen {
+		if !pausedNow[id] {
+			p.metrics.DeploymentPaused.DeleteLabelValues(id)
+		}
+	}
+	p.pausedSeen = pausedNow
 	return nil
 }
 

@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/openasync/asyncrequest/shared/config"
@@ -34,6 +36,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, counts cancels in async_requests_completed_total.
 	Metrics *telemetry.Metrics
+	// Handlers are more handlers of the status function's routes, by
+	// Route.Handler: the management API's (functions/manage.Handlers),
+	// which the status function serves too.
+	Handlers map[string]http.Handler
 	// AuthCache is the instance's API key cache, shared with the other
 	// handlers of the process so a revoked key is refused at once on all
 	// of them; nil makes one for this handler.
@@ -53,17 +59,24 @@ func New(o Options) http.Handler {
 	auth := httpapi.Authenticate(httpapi.AuthOptions{DB: o.DB, Logger: s.log, Now: now, Cache: o.AuthCache})
 	readRate := cmp.Or(o.API.ReadRate, httpapi.ReadRateDefault)
 	limit := httpapi.RateLimit(readRate, httpapi.ReadBurst(readRate), now)
+	handlers := map[string]http.Handler{
+		httpapi.HandlerRequestStatus: limit(http.HandlerFunc(s.get)),
+		httpapi.HandlerRequestCancel: limit(http.HandlerFunc(s.cancel)),
+		httpapi.HandlerResult:        limit(http.HandlerFunc(s.result)),
+		httpapi.HandlerRedeliver:     limit(http.HandlerFunc(s.redeliver)),
+		httpapi.HandlerQueueStatus:   limit(http.HandlerFunc(s.queueStatus)),
+		httpapi.HandlerOpenAPI:       http.HandlerFunc(httpapi.ServeOpenAPI),
+	}
+	maps.Copy(handlers, o.Handlers)
+	routes := httpapi.Routes
+	if o.Handlers == nil { // without the management API, its routes are 404s here
+		routes = slices.DeleteFunc(slices.Clone(routes), func(r httpapi.Route) bool { return r.Auth == httpapi.AuthManage })
+	}
 	return httpapi.NewRouter(httpapi.RouterOptions{
-		Function: httpapi.FunctionStatus,
-		Handlers: map[string]http.Handler{
-			httpapi.HandlerRequestStatus: limit(http.HandlerFunc(s.get)),
-			httpapi.HandlerRequestCancel: limit(http.HandlerFunc(s.cancel)),
-			httpapi.HandlerResult:        limit(http.HandlerFunc(s.result)),
-			httpapi.HandlerRedeliver:     limit(http.HandlerFunc(s.redeliver)),
-			httpapi.HandlerQueueStatus:   limit(http.HandlerFunc(s.queueStatus)),
-			httpapi.HandlerOpenAPI:       http.HandlerFunc(httpapi.ServeOpenAPI),
-		},
-		Authenticate: func(httpapi.Auth) func(http.Handler) http.Handler { return auth },
+		Function:     httpapi.FunctionStatus,
+		Handlers:     handlers,
+		Authenticate: httpapi.RequireScope(auth),
+		Routes:       routes,
 	})
 }
 
@@ -279,7 +292,10 @@ func (s *server) queueStatus(w http.ResponseWriter, r *http.Request) {
 		Deployment string `json:"deployment_id"`
 		Queued     int64  `json:"num_queued_requests"`
 		InProgress int64  `json:"num_in_progress_requests"`
-	}{Deployment: dep.ID, Queued: c.Queued, InProgress: c.InProgress}
+		// Paused (beyond) is present, true, while the deployment is
+		// paused, so the original API's four fields read as they always do.
+		Paused bool `json:"paused,omitempty"`
+	}{Deployment: dep.ID, Queued: c.Queued, InProgress: c.InProgress, Paused: c.Paused}
 	b.ModelID, b.ChainID = modelOrChain(t.ID, t.IsChain())
 	httpapi.Encode(w, http.StatusOK, b)
 }

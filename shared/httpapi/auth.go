@@ -206,6 +206,32 @@ func Authenticate(o AuthOptions) func(http.Handler) http.Handler {
 	}
 }
 
+// ErrForbidden answers a key of scope invoke on a route or action that needs
+// scope manage.
+var ErrForbidden = &Error{Status: http.StatusForbidden, Code: "FORBIDDEN",
+	Message: "this API key has scope invoke; managing needs a key of scope manage"}
+
+// RequireScope returns the RouterOptions.Authenticate of a function whose
+// routes authenticate with authenticate (Authenticate's middleware): every
+// Auth authenticates, and AuthManage also refuses, with a 403
+// (ErrForbidden), a key whose scope is not manage.
+func RequireScope(authenticate func(http.Handler) http.Handler) func(Auth) func(http.Handler) http.Handler {
+	return func(a Auth) func(http.Handler) http.Handler {
+		if a != AuthManage {
+			return authenticate
+		}
+		return func(next http.Handler) http.Handler {
+			return authenticate(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if k, _ := KeyFrom(r.Context()); k.Scope != postgres.ScopeManage {
+					WriteError(w, r, nil, ErrForbidden)
+					return
+				}
+				next.ServeHTTP(w, r)
+			}))
+		}
+	}
+}
+
 // apiKey reads the key from an Authorization header value.
 func apiKey(header string) (string, bool) {
 	scheme, key, ok := strings.Cut(strings.TrimSpace(header), " ")

@@ -25,8 +25,7 @@ import (
 // Refusals. The NotFound answers are one constant message per kind of
 // thing, so a missing one and another organization's read the same.
 var (
-	ErrForbidden = &httpapi.Error{Status: http.StatusForbidden, Code: "FORBIDDEN",
-		Message: "this API key has scope invoke; managing needs a key of scope manage"}
+	ErrForbidden    = httpapi.ErrForbidden
 	ErrNoRequest    = httpapi.NotFound("no such request")
 	ErrNoDeployment = httpapi.NotFound("no such deployment")
 	ErrNoModel      = httpapi.NotFound("no such model")

@@ -353,7 +353,7 @@ type BulkResult struct {
 // nothing of the earlier outcome kept but its errors and history.
 const retrySet = `
 	state = 'QUEUED', attempts = 0, due_at = now(), status_at = now(),
-	deadline_at = now() + (deadline_at - coalesce(retried_at, created_at)), retried_at = now(),
+	deadline_at = now() + greatest(deadline_at - coalesce(retried_at, created_at), interval '10 seconds'), retried_at = now(),
 	webhook_state = CASE WHEN webhook_endpoint IS NULL THEN 'NO_WEBHOOK_PROVIDED' ELSE 'PENDING' END,
 	output = NULL, output_expires_at = NULL, started_at = NULL, finished_at = NULL, purge_at = NULL,
 	lease_owner = NULL, lease_expires_at = NULL`
@@ -386,21 +386,14 @@ var (
 // the queue (SPEC §4) and wakes processors. It returns the request as it now
 // is, or ErrNotFound, or one of ErrRetryState, ErrRetryInputGone and
 // ErrRetryWebhookPending wrapped with the request's state. The guard and
-// the change are one UPDATE, so concurrent retries and a processor
-// finishing the request resolve to one outcome under the row lock.
+// the change are one UPDATE (processors are woken after it commits), so
+// concurrent retries and a processor finishing the request resolve to one
+// outcome under the row lock.
 func (db *DB) RequestRetry(ctx context.Context, organizationID int64, id requestid.ID) (Request, error) {
-	var r Request
-	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		var err error
-		r, err = scanRequest(tx.QueryRow(ctx, `
-			UPDATE async_requests SET `+retrySet+`
-			WHERE id = $1 AND organization_id = $2 AND `+retryable+`
-			RETURNING `+requestColumns, id, organizationID))
-		if err != nil {
-			return err
-		}
-		return nil
-	})
+	r, err := scanRequest(db.Pool.QueryRow(ctx, `
+		UPDATE async_requests SET `+retrySet+`
+		WHERE id = $1 AND organization_id = $2 AND `+retryable+`
+		RETURNING `+requestColumns, id, organizationID))
 	if err == nil {
 		db.wakeProcessors(ctx)
 		return r, nil
@@ -442,8 +435,7 @@ func (db *DB) RequestRetryBulk(ctx context.Context, f RequestFilter) (BulkResult
 	where, args := f.where(nil)
 	args = append(args, BulkMax)
 	var res BulkResult
-	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		err := tx.QueryRow(ctx, fmt.Sprintf(`
+	err := db.Pool.QueryRow(ctx, fmt.Sprintf(`
 			WITH matched AS (
 				SELECT id FROM async_requests WHERE %s AND %s
 				ORDER BY created_at DESC, id DESC LIMIT $%d
@@ -453,12 +445,7 @@ func (db *DB) RequestRetryBulk(ctx context.Context, f RequestFilter) (BulkResult
 				RETURNING 1
 			)
 			SELECT (SELECT count(*) FROM matched), (SELECT count(*) FROM changed)`,
-			where, retryable, len(args), retrySet, retryable), args...).Scan(&res.Matched, &res.Changed)
-		if err != nil || res.Changed == 0 {
-			return err
-		}
-		return nil
-	})
+		where, retryable, len(args), retrySet, retryable), args...).Scan(&res.Matched, &res.Changed)
 	if err != nil {
 		return BulkResult{}, fmt.Errorf("retry requests: %w", err)
 	}
@@ -578,23 +565,25 @@ func (db *DB) DeploymentUpdate(ctx context.Context, p DeploymentUpdateParams) er
 	if !textStorable(p.ID) {
 		return ErrNotFound
 	}
-	err := pgx.BeginFunc(ctx, db.Pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `
-			UPDATE deployments d SET max_concurrency = coalesce($3, d.max_concurrency), paused = coalesce($4, d.paused)
-			FROM models m WHERE m.id = d.model_id AND d.id = $1 AND m.organization_id = $2`,
-			p.ID, p.OrganizationID, p.MaxConcurrency, p.Paused)
-		if err != nil {
-			return fmt.Errorf("update deployment: %w", describeCheck(err))
-		}
-		if tag.RowsAffected() == 0 {
-			return ErrNotFound
-		}
-		return nil
-	})
-	if err == nil {
-		db.wakeProcessors(ctx)
+	tag, err := db.Pool.Exec(ctx, `
+		UPDATE deployments d SET max_concurrency = coalesce($3, d.max_concurrency), paused = coalesce($4, d.paused)
+		FROM models m WHERE m.id = d.model_id AND d.id = $1 AND m.organization_id = $2`,
+		p.ID, p.OrganizationID, p.MaxConcurrency, p.Paused)
+	if err != nil {
+		return fmt.Errorf("update deployment: %w", describeCheck(err))
 	}
-	return err
+	if tag.RowsAffected() == 0 {
+		return ErrNotFound
+	}
+	db.wakeProcessors(ctx)
+	return nil
+}
+
+// wakeProcessors tells processors that requests may be claimable now,
+// after the write that made them so has committed. A wake-up that fails
+// is not an error of the write: the processors' poll finds the same work.
+func (db *DB) wakeProcessors(ctx context.Context) {
+	_ = db.Notify(ctx, Notice{Processors: true})
 }
 
 // DeploymentPurge cancels every QUEUED request of an organization's
@@ -643,9 +632,16 @@ func (db *DB) ModelUpdateName(ctx context.Context, organizationID int64, id, nam
 	return nil
 }
 
-// wakeProcessors tells processors that requests may be claimable now, after
-// the write that made them so has committed. The poll backs it up, so a
-// failed notification is not an error of the write.
-func (db *DB) wakeProcessors(ctx context.Context) {
-	_ = db.Notify(ctx, Notice{Processors: true})
+// DeploymentPausedList returns the ids of every paused deployment, for the
+// metrics.
+func (db *DB) DeploymentPausedList(ctx context.Context) ([]string, error) {
+	rows, err := db.Pool.Query(ctx, `SELECT id FROM deployments WHERE paused ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("list paused deployments: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("list paused deployments: %w", err)
+	}
+	return ids, nil
 }

@@ -437,6 +437,8 @@ func (db *DB) RequestCountActive(ctx context.Context, organizationID int64, limi
 type QueueCounts struct {
 	Queued     int64
 	InProgress int64
+	// Paused reports whether the deployment is paused: its queue waits.
+	Paused bool
 }
 
 // DeploymentQueueCounts counts a deployment's QUEUED and IN_PROGRESS
@@ -448,7 +450,7 @@ type QueueCounts struct {
 func (db *DB) DeploymentQueueCounts(ctx context.Context, deploymentID string) (QueueCounts, error) {
 	counts, err := queryWith(ctx, db.Pool, `SELECT `+claimPlanSettings, func(row pgx.CollectableRow) (QueueCounts, error) {
 		var c QueueCounts
-		err := row.Scan(&c.Queued, &c.InProgress)
+		err := row.Scan(&c.Queued, &c.InProgress, &c.Paused)
 		return c, err
 	}, `
 		SELECT
@@ -457,7 +459,8 @@ func (db *DB) DeploymentQueueCounts(ctx context.Context, deploymentID string) (Q
 				ORDER BY priority, due_at, id) queued),
 			(SELECT count(*) FROM (
 				SELECT FROM async_requests WHERE deployment_id = $1 AND state = 'IN_PROGRESS'
-				ORDER BY lease_expires_at) running)`, deploymentID)
+				ORDER BY lease_expires_at) running),
+			coalesce((SELECT paused FROM deployments WHERE id = $1), false)`, deploymentID)
 	if err != nil {
 		return QueueCounts{}, fmt.Errorf("count queue: %w", err)
 	}

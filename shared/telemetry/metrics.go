@@ -28,6 +28,9 @@ type Metrics struct {
 	// QueueDepth is the number of requests per state and deployment, read
 	// from the partial indexes by the processor.
 	QueueDepth *prometheus.GaugeVec // labels: state, deployment_id
+	// DeploymentPaused is 1 for each paused deployment (whose queue no
+	// processor claims), read by the processor with the queue depth.
+	DeploymentPaused *prometheus.GaugeVec // labels: deployment_id
 	// WebhookDeliveries counts delivery attempts by outcome.
 	WebhookDeliveries *prometheus.CounterVec // labels: outcome
 	// WebhookDuration is the time a delivery attempt took.
@@ -74,6 +77,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		QueueDepth: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "async_requests_queue_depth", Help: "Requests QUEUED or IN_PROGRESS, by deployment.",
 		}, []string{"state", "deployment_id"}),
+		DeploymentPaused: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "async_deployment_paused", Help: "1 for each paused deployment.",
+		}, []string{"deployment_id"}),
 		WebhookDeliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "async_webhook_deliveries_total", Help: "Webhook delivery attempts, by outcome.",
 		}, []string{"outcome"}),
@@ -93,7 +99,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 	}
 	reg.MustRegister(m.Submitted, m.Completed, m.Attempts, m.InferenceDuration, m.QueueWait,
-		m.QueueDepth, m.WebhookDeliveries, m.WebhookDuration,
+		m.QueueDepth, m.DeploymentPaused, m.WebhookDeliveries, m.WebhookDuration,
 		m.HTTPServerDuration, m.HTTPServerConnections, m.HTTPServerConnectionsShed,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

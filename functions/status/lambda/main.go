@@ -22,15 +22,14 @@ import (
 func main() {
 	p := bootstrap.MustStart(context.Background(), "async-status")
 	cache := httpapi.NewAuthCache()
-	h := console.Mount(manage.Mount(
-		manage.New(manage.Options{DB: p.DB, API: p.Config.API, Logger: p.Logger, AuthCache: cache}),
-		status.New(status.Options{
-			DB:        p.DB,
-			API:       p.Config.API,
-			Logger:    p.Logger,
-			Metrics:   p.Metrics,
-			AuthCache: cache,
-		})),
+	h := console.Mount(status.New(status.Options{
+		DB:        p.DB,
+		API:       p.Config.API,
+		Logger:    p.Logger,
+		Metrics:   p.Metrics,
+		AuthCache: cache,
+		Handlers:  manage.Handlers(manage.Options{DB: p.DB, API: p.Config.API, Logger: p.Logger, AuthCache: cache}),
+	}),
 		console.New(console.Options{Service: &service.Service{DB: p.DB, Logger: p.Logger, KeyRevoked: cache.Evict}, Logger: p.Logger}))
 	lambda.StartWithOptions(bootstrap.Flushed(p, lambdahttp.Handler(h, httpapi.ResponseTooLarge(p.Logger))), lambda.WithEnableSIGTERM(p.Close))
 }
