@@ -269,15 +269,13 @@ ALTER TABLE ONLY public.webhook_secrets
 
 CREATE INDEX async_requests_active_org_idx ON public.async_requests USING btree (organization_id) WHERE (state = ANY (ARRAY['QUEUED'::text, 'IN_PROGRESS'::text]));
 
-CREATE INDEX async_requests_deployment_created_idx ON public.async_requests USING btree (deployment_id, created_at, id);
-
 CREATE INDEX async_requests_finished_idx ON public.async_requests USING btree (organization_id, finished_at) INCLUDE (deployment_id, state, created_at) WHERE (finished_at IS NOT NULL);
 
 CREATE INDEX async_requests_in_progress_idx ON public.async_requests USING btree (deployment_id, lease_expires_at) WHERE (state = 'IN_PROGRESS'::text);
 
 CREATE INDEX async_requests_org_created_idx ON public.async_requests USING btree (organization_id, created_at, id);
 
-CREATE INDEX async_requests_org_state_created_idx ON public.async_requests USING btree (organization_id, state, created_at, id);
+CREATE INDEX async_requests_org_unsucceeded_idx ON public.async_requests USING btree (organization_id, state, created_at, id) WHERE (state = ANY (ARRAY['FAILED'::text, 'EXPIRED'::text, 'CANCELED'::text, 'WEBHOOK_FAILED'::text]));
 
 CREATE INDEX async_requests_output_expires_at_idx ON public.async_requests USING btree (output_expires_at) WHERE (output_expires_at IS NOT NULL);
 

@@ -64,7 +64,7 @@ func setup(t testing.TB) bundle {
 		t.Fatal(err)
 	}
 	c := apitest.NewClock(time.Now())
-	h := manage.New(manage.Options{DB: db, Now: c.Now, Logger: quiet})
+	h := apitest.Validated(t, manage.New(manage.Options{DB: db, Now: c.Now, Logger: quiet}))
 	b := bundle{db: db, h: h, clock: c, key: acme.Key, invokeKey: invoke, otherKey: other.Key, acme: acme.ID, other: other.ID}
 	b.insert = func(org int64, model, deployment, webhook string) string {
 		t.Helper()
@@ -164,7 +164,7 @@ func TestRevocationAcrossInstances(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	// A second API instance over the same database, with its own key cache.
-	second := manage.New(manage.Options{DB: b.db, Now: b.clock.Now, Logger: quiet})
+	second := apitest.Validated(t, manage.New(manage.Options{DB: b.db, Now: b.clock.Now, Logger: quiet}))
 	var created struct {
 		ID  int64  `json:"id"`
 		Key string `json:"key"`

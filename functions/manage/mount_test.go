@@ -17,8 +17,8 @@ func TestServedByStatus(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	cache := httpapi.NewAuthCache()
-	h := status.New(status.Options{DB: b.db, Logger: quiet, AuthCache: cache,
-		Handlers: manage.Handlers(manage.Options{DB: b.db, Logger: quiet, AuthCache: cache})})
+	h := apitest.Validated(t, status.New(status.Options{DB: b.db, Logger: quiet, AuthCache: cache,
+		Handlers: manage.Handlers(manage.Options{DB: b.db, Logger: quiet, AuthCache: cache})}))
 	var ds struct {
 		Deployments []any `json:"deployments"`
 	}

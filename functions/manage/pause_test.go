@@ -13,6 +13,7 @@ import (
 	"github.com/openasync/asyncrequest/functions/processtick"
 	"github.com/openasync/asyncrequest/functions/status"
 	"github.com/openasync/asyncrequest/shared/httpapi"
+	"github.com/openasync/asyncrequest/shared/httpapi/apitest"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/telemetry"
 )
@@ -25,8 +26,8 @@ func TestPause(t *testing.T) {
 	b := setup(t)
 	ctx := context.Background()
 	cache := httpapi.NewAuthCache()
-	h := status.New(status.Options{DB: b.db, Logger: quiet, AuthCache: cache,
-		Handlers: manage.Handlers(manage.Options{DB: b.db, Logger: quiet, AuthCache: cache})})
+	h := apitest.Validated(t, status.New(status.Options{DB: b.db, Logger: quiet, AuthCache: cache,
+		Handlers: manage.Handlers(manage.Options{DB: b.db, Logger: quiet, AuthCache: cache})}))
 	decode(t, send(h, "PATCH", "/v1/deployments/m1-a", b.key, map[string]any{"paused": true}), http.StatusOK, &struct{}{})
 
 	held := b.insert(b.acme, "m1", "m1-a", "")

@@ -207,6 +207,29 @@ func TestManageCommands(t *testing.T) {
 		}
 	})
 
+	t.Run("ReencryptCredentials", func(t *testing.T) {
+		// A credential stored in plain text (before credentials were
+		// sealed) is sealed by reencrypt-credentials.
+		if _, err := pg.Pool.Exec(ctx, `UPDATE deployments SET upstream_credential = 'plain' WHERE id = 'd1'`); err != nil {
+			t.Fatal(err)
+		}
+		var out struct {
+			Reencrypted int `json:"reencrypted"`
+		}
+		var buf, errOut bytes.Buffer
+		keyed := envconfig.MapLookuper(map[string]string{"DATABASE_URL": dbURL, "UPSTREAM_CREDENTIAL_KEYS": pgtest.CredentialKeys})
+		if code := run(ctx, []string{"reencrypt-credentials", "--json"}, &buf, &errOut, keyed); code != 0 {
+			t.Fatalf("exit %d: %s", code, errOut.String())
+		}
+		if err := json.Unmarshal(buf.Bytes(), &out); err != nil || out.Reencrypted != 1 {
+			t.Fatalf("reencrypt-credentials --json = %s, %v", buf.String(), err)
+		}
+		var stored string
+		if err := pg.Pool.QueryRow(ctx, `SELECT upstream_credential FROM deployments WHERE id = 'd1'`).Scan(&stored); err != nil || stored == "plain" {
+			t.Fatalf("stored = %q, %v", stored, err)
+		}
+	})
+
 	t.Run("BadArguments", func(t *testing.T) {
 		for _, args := range [][]string{
 			{"list-requests", "--org", "acme", "--state", "DONE"},
