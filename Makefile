@@ -14,7 +14,7 @@ dev:
 	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
 	exec bin/asyncdev dev
 
-## run-server: the API alone on :9001 against DATABASE_URL
+## run-server: the API alone on :9001, probes and metrics on :9005, against DATABASE_URL
 run-server:
 	$(GO) build -o bin/asyncdev ./localdev/cmd/asyncdev
 	exec bin/asyncdev server

@@ -24,6 +24,7 @@ const api = `http://localhost:${basePort}`;
 
 let dev, browser, userDir, page, link, key;
 let devLog = '';
+const pageErrors = [];
 
 // waitFor polls check (an async function returning a truthy value) for up
 // to ms, so nothing depends on how fast this machine is.
@@ -82,7 +83,11 @@ before(async () => {
   });
   dev.stdout.on('data', (d) => { devLog += d; });
   dev.stderr.on('data', (d) => { devLog += d; });
-  await waitFor('asyncdev to print its banner', () => /asyncdev is ready/.test(devLog) && /API key\s+ak_/.test(devLog), 120_000);
+  try {
+    await waitFor('asyncdev to print its banner', () => { if (dev.exitCode !== null) throw new Error(`asyncdev exited with ${dev.exitCode}`); return /asyncdev is ready/.test(devLog) && /API key\s+ak_/.test(devLog); }, 120_000);
+  } catch (e) {
+    throw new Error(`${e.message}; its output:\n${devLog.slice(-4000)}`);
+  }
   link = devLog.match(/console\s+(http:\S+\/console\/signin\?token=\S+)/)[1];
   key = devLog.match(/API key\s+(ak_\S+)/)[1];
   userDir = fs.mkdtempSync(path.join(os.tmpdir(), 'console-e2e-chromium-'));
@@ -94,7 +99,9 @@ before(async () => {
     viewport: { width: 1280, height: 900 },
   });
   page = browser.pages()[0] || await browser.newPage();
-  page.on('pageerror', (e) => { throw e; });
+  page.on('pageerror', (e) => { pageErrors.push(String(e)); });
+  // A Content-Security-Policy violation is logged as a console error.
+  page.on('console', (m) => { if (m.type() === 'error') pageErrors.push(m.text()); });
 });
 
 after(async () => {
@@ -237,6 +244,10 @@ test('the operator story', async (t) => {
     await page.waitForSelector('#new-secret');
     assert.match(await page.textContent('#new-secret'), /^whsec_/);
     await shot('secrets');
+  });
+
+  await t.test('no page had an error or a blocked resource', () => {
+    assert.deepEqual(pageErrors, []);
   });
 
   await t.test('sign out', async () => {

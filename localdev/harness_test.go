@@ -395,7 +395,23 @@ func TestPieces(t *testing.T) {
 	if data, _ := body["data"].(map[string]any); data["output"] != "PIECES" {
 		t.Errorf("webhook data %v, want output PIECES", body["data"])
 	}
-	for _, p := range []*process{server, processor, receiver} {
+
+	// SIGTERM while the model works: the request finishes in the
+	// processor's grace, and its webhook goes out before the process exits.
+	late := c.submit(t, "/models/example/production/async_predict",
+		`{"model_input": {"sleep_ms": 1500}, "webhook_endpoint": "`+c.receiver+`/webhook"}`)
+	poll(t, "request "+late+" to start", func() bool {
+		_, status := c.call(t, http.MethodGet, "/async_request/"+late, "")
+		return status["status"] == "IN_PROGRESS"
+	})
+	processor.stop(t)
+	if _, status := c.call(t, http.MethodGet, "/async_request/"+late, ""); status["status"] != "SUCCEEDED" || status["webhook_status"] != "SUCCEEDED" {
+		t.Errorf("after the processor stopped: status %v, want SUCCEEDED / SUCCEEDED", status)
+	}
+	if hook, _ := c.webhook(t, late); !hook.Verified {
+		t.Errorf("webhook of the request finished in the grace: %+v", hook)
+	}
+	for _, p := range []*process{server, receiver} {
 		p.stop(t)
 	}
 }

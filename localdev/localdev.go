@@ -74,7 +74,7 @@ const ShutdownTimeoutDefault = 5 * time.Second
 // Commands are the harness's commands, as the Makefile runs them.
 var Commands = map[string]string{
 	"dev":       "everything in one process, with seed data and a throwaway Postgres when DATABASE_URL is unset",
-	"server":    "the API (submit and status) alone on API_PORT against DATABASE_URL",
+	"server":    "the API alone on API_PORT, with probes and metrics on API_ADMIN_PORT, against DATABASE_URL",
 	"processor": "the process-tick and deliver-webhook loops, with probes and metrics on PROCESSOR_PORT, against DATABASE_URL",
 	"webhook":   "the local webhook receiver alone on WEBHOOK_RECEIVER_PORT",
 }

@@ -106,9 +106,7 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("Referrer-Policy", "same-origin")
 		h.Set("Cross-Origin-Opener-Policy", "same-origin")
-		if h.Get("Cache-Control") == "" {
-			h.Set("Cache-Control", "no-store")
-		}
+		h.Set("Cache-Control", "no-store") // the assets' handler allows caching its files
 		next.ServeHTTP(w, r)
 	})
 }

@@ -297,6 +297,19 @@ func TestSignIn(t *testing.T) {
 		}
 	})
 
+	t.Run("RateLimitedPerInstance", func(t *testing.T) {
+		t.Parallel()
+		b := setup(t, func(o *console.Options) { o.SignInPerIP, o.SignInPerInstance = 100, 2 })
+		for i := range 2 {
+			if a := b.browser(t).signIn(b.key); a.status != http.StatusSeeOther {
+				t.Fatalf("attempt %d: got %d", i+1, a.status)
+			}
+		}
+		if a := b.browser(t).signIn(b.key); a.status != http.StatusTooManyRequests {
+			t.Fatalf("3rd attempt: got %d", a.status)
+		}
+	})
+
 	t.Run("SecurityHeaders", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t)

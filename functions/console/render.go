@@ -44,16 +44,13 @@ var templates = parseTemplates()
 
 func parseTemplates() map[string]*template.Template {
 	funcs := template.FuncMap{
-		"ts":        formatTime,
-		"ago":       ago,
-		"dur":       formatDuration,
-		"stateCls":  stateClass,
-		"preview":   preview,
-		"join":      strings.Join,
-		"add":       func(a, b int) int { return a + b },
-		"pct":       func(a, b int64) int64 { return min(100, a*100/max(1, b)) },
-		"deref":     func(t *time.Time) time.Time { return *t },
-		"hasPrefix": strings.HasPrefix,
+		"ts":       formatTime,
+		"ago":      ago,
+		"dur":      formatDuration,
+		"stateCls": stateClass,
+		"preview":  preview,
+		"join":     strings.Join,
+		"deref":    func(t *time.Time) time.Time { return *t },
 	}
 	layout := template.Must(template.New("layout.html").Funcs(funcs).ParseFS(templateFS, "templates/layout.html"))
 	names, err := fs.Glob(templateFS, "templates/*.html")

@@ -3,7 +3,6 @@ package deliverwebhook
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +18,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/openasync/asyncrequest/shared/postgres"
-	"github.com/openasync/asyncrequest/shared/requestid"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
 
@@ -84,12 +83,10 @@ func (s *session) deliver(ctx context.Context, del postgres.WebhookDelivery) {
 	d, c := s.d, &s.c
 	log := d.log.With("request_id", del.RequestID.String(), "model_id", del.ModelID,
 		"deployment_id", del.DeploymentID, "delivery_id", del.ID, "attempt", del.Attempt)
-	ctx = trace.ContextWithRemoteSpanContext(ctx, requestSpanContext(del.RequestID))
-	ctx, span := d.tracer.Start(ctx, "webhook", trace.WithSpanKind(trace.SpanKindClient),
+	ctx, span := telemetry.StartRequestSpan(ctx, d.tracer, "webhook",
+		telemetry.Request{ID: del.RequestID, ModelID: del.ModelID, IsChain: del.IsChain, DeploymentID: del.DeploymentID},
+		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
-			attribute.String("request_id", del.RequestID.String()),
-			attribute.String("model_id", del.ModelID),
-			attribute.String("deployment_id", del.DeploymentID),
 			attribute.Int("webhook.attempt", del.Attempt),
 			attribute.String("http.request.method", http.MethodPost),
 		))
@@ -252,19 +249,4 @@ func reasonSnippet(b []byte) string {
 	}
 	s := strings.ToValidUTF8(string(b), string(utf8.RuneError))
 	return strings.Join(strings.Fields(s), " ")
-}
-
-// requestSpanContext is a remote parent whose trace id is the request id,
-// so that the delivery span joins the request's trace.
-func requestSpanContext(id requestid.ID) trace.SpanContext {
-	var sid trace.SpanID
-	for !sid.IsValid() {
-		_, _ = rand.Read(sid[:])
-	}
-	return trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID:    trace.TraceID(id),
-		SpanID:     sid,
-		TraceFlags: trace.FlagsSampled,
-		Remote:     true,
-	})
 }

@@ -7,9 +7,10 @@
 // claims due rows in batches under a lease, POSTs the signed payload to the
 // request's webhook_endpoint through the SSRF-safe client, and records
 // success, a retry on the configured schedule, or failure. A row whose
-// deliverer died is reclaimed when its lease runs out and sent again with the
-// same webhook-id and body: delivery is at least once, and receivers
-// deduplicate on webhook-id.
+// deliverer died is made due again by the maintainer's sweep
+// (shared/maintainer) once its lease runs out, and sent again with the same
+// webhook-id, data, errors and status and a fresh time: delivery is at least
+// once, and receivers deduplicate on webhook-id.
 //
 // The outcomes of many deliveries are written in one statement, each with
 // its row of delivery history. Deliverers wake on NOTIFY
@@ -107,6 +108,9 @@ type Options struct {
 	// JitterFraction (see NextDelay); default uniformly random. It is called
 	// from concurrent deliveries.
 	Jitter func() float64
+	// Clock times the claim loop's sleeps (until the next due delivery, or
+	// the poll); default the system clock. Tests drive it by hand.
+	Clock worker.Clock
 	// PollInterval defaults to PollIntervalDefault.
 	PollInterval time.Duration
 	// Lease defaults to Config.Timeout + LeaseMarginDefault. A lease shorter
@@ -132,6 +136,7 @@ type Deliverer struct {
 	tracer   trace.Tracer
 	id       string
 	now      func() time.Time
+	clock    worker.Clock
 	jitter   func() float64
 	poll     time.Duration
 	lease    time.Duration
@@ -183,6 +188,7 @@ func New(o Options) *Deliverer {
 		tracer:       tp.Tracer(tracerName),
 		id:           cmp.Or(o.ID, defaultID()),
 		now:          o.Now,
+		clock:        cmp.Or[worker.Clock](o.Clock, worker.SystemClock),
 		jitter:       o.Jitter,
 		poll:         cmp.Or(o.PollInterval, PollIntervalDefault),
 		lease:        cmp.Or(o.Lease, cfg.Timeout+LeaseMarginDefault),
@@ -331,7 +337,7 @@ func (d *Deliverer) serve(claimCtx, workCtx context.Context, lastCall <-chan str
 	defer stopFetch()
 	s := &session{
 		d:         d,
-		loop:      worker.NewLoop(worker.LoopConfig{Poll: d.poll}),
+		loop:      worker.NewLoop(worker.LoopConfig{Poll: d.poll, Clock: d.clock}),
 		workCtx:   workCtx,
 		lastCall:  lastCall,
 		stopFetch: stopFetch,
@@ -413,9 +419,10 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 		return worker.Fetched{} // a freed slot wakes the loop
 	}
 	limit := min(free, d.claimBatch)
-	batch, err := d.db.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{
+	claim, err := d.db.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{
 		Owner: d.id, Limit: limit, Lease: d.lease,
 	})
+	batch := claim.Deliveries
 	d.stats.claims.Add(1)
 	d.stats.claimed.Add(int64(len(batch)))
 	if err != nil {
@@ -443,28 +450,15 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 		return worker.Fetched{}
 	default:
 	}
-	if wait, ok := d.nextDue(ctx); ok {
-		return worker.Fetched{Next: time.Now().Add(wait)}
+	if d.dueTimer && claim.Pending {
+		// A millisecond late rather than early: a timer that fires before
+		// the due time claims nothing and sleeps again. A delivery that came
+		// due during the claim (or that another deliverer's claim holds
+		// locked) is looked for again after minClaimGap.
+		wait := max(claim.NextDue.Truncate(time.Millisecond)+time.Millisecond, minClaimGap)
+		return worker.Fetched{Next: d.clock.Now().Add(wait)}
 	}
 	return worker.Fetched{}
-}
-
-// nextDue is how long until the earliest pending delivery comes due, and
-// false when none is pending or the deliverer does not look (the poll then
-// finds it). A delivery that came due after the claim looked (or that
-// another deliverer's claim holds locked) is looked for again after
-// minClaimGap.
-func (d *Deliverer) nextDue(ctx context.Context) (time.Duration, bool) {
-	if !d.dueTimer {
-		return 0, false
-	}
-	in, ok, err := d.db.WebhookDeliveryNextDue(ctx)
-	if err != nil || !ok {
-		return 0, false
-	}
-	// A millisecond late rather than early: a timer that fires before the
-	// due time claims nothing and sleeps again.
-	return max(in.Truncate(time.Millisecond)+time.Millisecond, minClaimGap), true
 }
 
 // record queues an outcome for the completer.
@@ -510,7 +504,7 @@ func (s *session) write(ctx context.Context, batch []outcome) error {
 	for i, o := range batch {
 		outs[i] = o.WebhookOutcome
 	}
-	written := time.Now()
+	written := d.clock.Now()
 	ids, err := d.db.WebhookDeliveryRecordBatch(ctx, d.id, outs)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/requestid"
+	"github.com/openasync/asyncrequest/shared/worker"
 )
 
 // historyRow is a row of webhook_delivery_attempts.
@@ -93,6 +94,47 @@ func TestLoop(t *testing.T) {
 				t.Errorf("duration_ms %d", row.DurationMS)
 			}
 		}
+	})
+
+	// With the clock in the test's hands: after a retry is scheduled an
+	// hour out, the loop's timer is set for that hour, not for the poll a
+	// day out, and firing it sends the retry.
+	t.Run("SleepsUntilTheDueTime", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t)
+		rc := newReceiver(t, func(n int, w http.ResponseWriter, _ *http.Request) {
+			if n == 0 {
+				w.WriteHeader(http.StatusServiceUnavailable)
+			}
+		})
+		id := f.finish(t, finished{endpoint: rc.srv.URL})
+		clock := worker.NewManualClock(time.Now())
+		base := clock.Now()
+		o := f.options(t)
+		o.Clock = clock
+		o.PollInterval = 24 * time.Hour
+		o.Config.Schedule = []time.Duration{0, time.Hour}
+		run(t, deliverwebhook.New(o))
+		f.waitDelivery(t, id, "the first attempt's retry", func(d delivery) bool { return d.State == postgres.DeliveryPending && d.Attempts == 1 })
+
+		// Short sleeps come and go (a claim that found nothing due); wait
+		// for the long one.
+		var at time.Time
+		waitFor(t, "the loop to sleep", func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			at = clock.WaitTimer(ctx)
+			return at.Sub(base) > time.Minute
+		})
+		if at.Sub(base) > time.Hour+time.Second {
+			t.Fatalf("the loop sleeps until %v after the start, want the retry's due time, an hour", at.Sub(base))
+		}
+		// The hour passes, for the database too.
+		if _, err := f.db.Pool.Exec(context.Background(), `UPDATE webhook_deliveries SET due_at = now() WHERE request_id = $1`, id); err != nil {
+			t.Fatal(err)
+		}
+		clock.Advance(time.Hour + time.Second)
+		f.waitDelivery(t, id, "the retry", func(d delivery) bool { return d.State == postgres.DeliverySucceeded })
 	})
 
 	// Outcomes that arrive together are written together.

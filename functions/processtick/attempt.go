@@ -3,7 +3,6 @@ package processtick
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/retry"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 )
 
 // Causes of an attempt's context ending.
@@ -256,29 +256,12 @@ func truncate(s string, n int) string {
 	return s[:cut] + "…"
 }
 
-// startSpan starts the attempt's client span under the request's trace: the
-// trace id is the request id, from a remote parent standing for the
-// request's life before this attempt. Without a recording tracer provider
-// the span is that parent, whose random span id still makes the
-// traceparent header valid.
+// startSpan starts the attempt's client span under the request's root span
+// (telemetry.StartRequestSpan): the trace id is the request id. Without a
+// recording tracer provider the span is that parent, whose span id still
+// makes the traceparent header valid.
 func (p *Processor) startSpan(ctx context.Context, c postgres.ClaimedRequest) (context.Context, trace.Span) {
-	var spanID trace.SpanID
-	for !spanID.IsValid() {
-		_, _ = rand.Read(spanID[:])
-	}
-	parent := trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID:    trace.TraceID(c.ID),
-		SpanID:     spanID,
-		TraceFlags: trace.FlagsSampled,
-		Remote:     true,
-	})
-	ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
-	return p.tracer.Start(ctx, "attempt",
-		trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(
-			attribute.String("request_id", c.ID.String()),
-			attribute.String("model_id", c.ModelID),
-			attribute.String("deployment_id", c.DeploymentID),
-			attribute.Int("attempt", c.Attempt),
-		))
+	return telemetry.StartRequestSpan(ctx, p.tracer, "attempt",
+		telemetry.Request{ID: c.ID, ModelID: c.ModelID, IsChain: c.IsChain, DeploymentID: c.DeploymentID},
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attribute.Int("attempt", c.Attempt)))
 }

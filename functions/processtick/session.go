@@ -49,6 +49,10 @@ type session struct {
 	// workers is the number of workers started; only fetch reads or
 	// changes it.
 	workers int
+	// due is the last answer of nextDue, asked at dueAskedAt; only fetch
+	// reads or changes them. dueStale says a write queued retries since.
+	due, dueAskedAt time.Time
+	dueStale        atomic.Bool
 	// attemptBase is the work context: attempts run under it until they
 	// finish or are cut off, not until the claiming stops.
 	attemptBase context.Context
@@ -180,6 +184,7 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 		return worker.Fetched{} // a written outcome wakes the loop
 	}
 	limit := min(free, s.p.claimBatch)
+	claimStart := s.p.clock.Now()
 	claimed, err := s.claim(ctx, limit)
 	if err != nil {
 		s.claimErr.Store(&err)
@@ -192,11 +197,29 @@ func (s *session) fetch(ctx context.Context) worker.Fetched {
 	if err != nil || ctx.Err() != nil || s.p.noDueTimes {
 		return worker.Fetched{}
 	}
-	wait, ok, err := s.p.db.RequestNextDue(ctx)
-	if err != nil || !ok {
-		return worker.Fetched{}
+	return worker.Fetched{Next: s.nextDue(ctx, claimStart)}
+}
+
+// nextDueReuse is how long an answer of RequestNextDue is reused while
+// its due time is still ahead: under a steady load every claim falls short
+// of its limit, and asking after each would double the claims' round trips.
+// A write of retries makes the next fetch ask again: DueAt keeps only the
+// earliest of them.
+const nextDueReuse = 100 * time.Millisecond
+
+// nextDue is the earliest due time of the waiting requests after the
+// start of the claim that just fell short, zero when none is known.
+func (s *session) nextDue(ctx context.Context, claimStart time.Time) time.Time {
+	now := s.p.clock.Now()
+	if !s.dueStale.Swap(false) && now.Sub(s.dueAskedAt) < nextDueReuse && s.due.After(now) {
+		return s.due
 	}
-	return worker.Fetched{Next: s.p.clock.Now().Add(wait)}
+	wait, ok, err := s.p.db.RequestNextDue(ctx, claimStart)
+	s.dueAskedAt, s.due = now, time.Time{}
+	if err == nil && ok {
+		s.due = now.Add(wait)
+	}
+	return s.due
 }
 
 func (s *session) claim(ctx context.Context, limit int) ([]postgres.ClaimedRequest, error) {
@@ -303,6 +326,7 @@ func (s *session) write(ctx context.Context, batch []finished) error {
 		r, ok := written[f.req.ID]
 		if ok && r.State == postgres.StateQueued && f.outcome.Delay > 0 && !s.p.noDueTimes {
 			s.loop.DueAt(writing.Add(f.outcome.Delay)) // a retry or back-pressure wait of ours
+			s.dueStale.Store(true)
 		}
 		if ok && f.result.kind == resultStopped {
 			s.handedBack.Add(1)

@@ -47,11 +47,20 @@ type Options struct {
 	// Now is the clock of the auth cache and the rate limiter; default
 	// time.Now.
 	Now func() time.Time
+	// MaxWaiters and MaxWaitersPerOrg cap the long-polls open at once in
+	// this process; defaults MaxWaitersDefault and MaxWaitersPerOrgDefault.
+	MaxWaiters, MaxWaitersPerOrg int
 }
 
 // New returns the status handler.
 func New(o Options) http.Handler {
+	h, _ := newHandler(o)
+	return h
+}
+
+func newHandler(o Options) (http.Handler, *server) {
 	s := &server{db: o.DB, log: cmp.Or(o.Logger, slog.Default()), metrics: o.Metrics}
+	s.waiters = newWaiters(o.DB, s.log, cmp.Or(o.MaxWaiters, MaxWaitersDefault), cmp.Or(o.MaxWaitersPerOrg, MaxWaitersPerOrgDefault))
 	now := o.Now
 	if now == nil {
 		now = time.Now
@@ -77,13 +86,14 @@ func New(o Options) http.Handler {
 		Handlers:     handlers,
 		Authenticate: httpapi.RequireScope(auth),
 		Routes:       routes,
-	})
+	}), s
 }
 
 type server struct {
 	db      *postgres.DB
 	log     *slog.Logger
 	metrics *telemetry.Metrics
+	waiters *waiters
 }
 
 // Answers for things that do not exist or belong to another organization.
@@ -133,7 +143,17 @@ type statusBody struct {
 }
 
 func (s *server) get(w http.ResponseWriter, r *http.Request) {
-	req, err := s.request(r)
+	wait, err := waitSeconds(r)
+	if err != nil {
+		httpapi.WriteError(w, r, s.log, err)
+		return
+	}
+	var req postgres.Request
+	if wait > 0 {
+		req, err = s.longPoll(r, wait)
+	} else {
+		req, err = s.request(r)
+	}
 	if err != nil {
 		httpapi.WriteError(w, r, s.log, err)
 		return
@@ -187,6 +207,11 @@ func (s *server) cancel(w http.ResponseWriter, r *http.Request) {
 	msg := "request canceled"
 	switch {
 	case canceled:
+		// For long-polls, here and in other processes; a lost
+		// notification only delays them to their deadline.
+		if err := s.db.NotifyFinished(r.Context(), []requestid.ID{req.ID}); err != nil {
+			s.log.WarnContext(r.Context(), "notify cancel", "request_id", req.ID.String(), "error", err)
+		}
 		if s.metrics != nil {
 			s.metrics.Completed.WithLabelValues(string(postgres.StateCanceled)).Inc()
 		}

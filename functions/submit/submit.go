@@ -386,21 +386,14 @@ func orDefault[T any](p *T, def T) T {
 }
 
 // startSpan starts the submit span in the trace whose id is the request id,
-// so the submit, every attempt and every webhook delivery of a request are
-// one trace.
+// under the request's root span, which it exports (and ends at once), so
+// the submit, every attempt and every webhook delivery of a request are
+// siblings of one trace.
 func (s *server) startSpan(ctx context.Context, p postgres.RequestInsertParams) (context.Context, trace.Span) {
-	var spanID trace.SpanID
-	copy(spanID[:], p.ID[8:]) // random bits of the id; never all zero with the variant bit set
-	parent := trace.NewSpanContext(trace.SpanContextConfig{
-		TraceID: trace.TraceID(p.ID), SpanID: spanID, TraceFlags: trace.FlagsSampled, Remote: true,
-	})
-	ctx = trace.ContextWithRemoteSpanContext(ctx, parent)
-	ctx, span := s.tracer.Start(ctx, "submit", trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-		attribute.String("request_id", p.ID.String()),
-		attribute.String("model_id", p.ModelID),
-		attribute.String("deployment_id", p.DeploymentID),
-	))
-	return ctx, span
+	r := telemetry.Request{ID: p.ID, ModelID: p.ModelID, IsChain: p.IsChain, DeploymentID: p.DeploymentID}
+	_, root := telemetry.StartRequestRoot(ctx, s.tracer, r)
+	root.End()
+	return telemetry.StartRequestSpan(ctx, s.tracer, "submit", r, trace.WithSpanKind(trace.SpanKindServer))
 }
 
 // admit enforces the organization's cap on QUEUED plus IN_PROGRESS

@@ -70,7 +70,7 @@ func setup(t *testing.T, opts ...func(*submit.Options)) bundle {
 
 	c := apitest.NewClock(time.Date(2026, 11, 28, 14, 0, 0, 0, time.UTC))
 	spans := tracetest.NewSpanRecorder()
-	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(spans), sdktrace.WithIDGenerator(telemetry.IDGenerator()))
 	metrics := telemetry.NewMetrics(prometheus.NewRegistry())
 	o := submit.Options{DB: db, Now: c.Now, TracerProvider: tp, Metrics: metrics}
 	for _, f := range opts {
@@ -617,27 +617,38 @@ func TestSubmitSpan(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	id := created(t, b.do("POST", "chain-c1.api.example.com", "/production/async_run_remote", `{"model_input": 1}`))
-	var found bool
+	rid, _ := requestid.Parse(id)
+	byName := map[string]sdktrace.ReadOnlySpan{}
 	for _, s := range b.spans.Ended() {
-		if s.Name() != "submit" {
-			continue
+		if s.SpanContext().TraceID().String() == id {
+			byName[s.Name()] = s
 		}
-		found = true
-		if got := s.SpanContext().TraceID().String(); got != id {
-			t.Errorf("trace id %s, want the request id %s", got, id)
-		}
+	}
+	root, sub := byName["request"], byName["submit"]
+	if root == nil || sub == nil {
+		t.Fatalf("spans of the request: %v, want request and submit", byName)
+	}
+	// The root is exported with the span id every span of the request has
+	// as its parent.
+	if root.SpanContext().SpanID() != telemetry.RequestSpanID(rid) || root.Parent().IsValid() {
+		t.Errorf("root span id %s (parent %s), want %s, no parent", root.SpanContext().SpanID(), root.Parent().SpanID(), telemetry.RequestSpanID(rid))
+	}
+	if sub.Parent().SpanID() != telemetry.RequestSpanID(rid) {
+		t.Errorf("submit span's parent %s, want the root %s", sub.Parent().SpanID(), telemetry.RequestSpanID(rid))
+	}
+	for _, s := range []sdktrace.ReadOnlySpan{root, sub} {
 		attrs := map[string]string{}
 		for _, a := range s.Attributes() {
 			attrs[string(a.Key)] = a.Value.String()
 		}
-		want := map[string]string{"request_id": id, "model_id": "c1", "deployment_id": "c1-a"}
+		want := map[string]string{"request_id": id, "chain_id": "c1", "deployment_id": "c1-a"}
 		for k, v := range want {
 			if attrs[k] != v {
-				t.Errorf("attribute %s = %q, want %q", k, attrs[k], v)
+				t.Errorf("%s span: attribute %s = %q, want %q", s.Name(), k, attrs[k], v)
 			}
 		}
-	}
-	if !found {
-		t.Fatalf("no submit span among %d", len(b.spans.Ended()))
+		if m, ok := attrs["model_id"]; ok {
+			t.Errorf("%s span of a chain has model_id %q", s.Name(), m)
+		}
 	}
 }

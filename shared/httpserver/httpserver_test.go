@@ -11,8 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/openasync/asyncrequest/shared/config"
 	"github.com/openasync/asyncrequest/shared/httpserver"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 )
 
 // stall bounds how long a test waits on a server that does not answer;
@@ -135,7 +139,8 @@ func TestConnectionCap(t *testing.T) {
 	l.MaxConns = maxConns
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "ok") })
 	const evictAfter = 100 * time.Millisecond
-	s, addr := startWith(t, httpserver.Options{Handler: ok, Limits: l, EvictAfter: evictAfter})
+	m := telemetry.NewMetrics(prometheus.NewRegistry())
+	s, addr := startWith(t, httpserver.Options{Handler: ok, Limits: l, EvictAfter: evictAfter, Metrics: m})
 
 	before := openFDs(t)
 	for i := range slow {
@@ -148,7 +153,14 @@ func TestConnectionCap(t *testing.T) {
 		// write may fail, which is the point.
 		_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n")
 	}
-	time.Sleep(2 * evictAfter) // the slow ones have been silent for long enough to be closed
+	// Once the server has taken every slow one from the backlog (each is
+	// held or shed), they have all been silent for long enough to be
+	// closed to make room.
+	deadline := time.Now().Add(stall)
+	for shed(t, m)+s.Open() < slow && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2 * evictAfter)
 
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: stall}
 	res, err := client.Get("http://" + addr + "/")
@@ -171,6 +183,20 @@ func TestConnectionCap(t *testing.T) {
 	if n := s.Open(); n > maxConns {
 		t.Errorf("the server holds %d connections, over its cap of %d", n, maxConns)
 	}
+}
+
+// shed is the number of connections m counted as shed, for any reason.
+func shed(t *testing.T, m *telemetry.Metrics) int {
+	t.Helper()
+	var n float64
+	for _, reason := range []string{"evicted", "refused"} {
+		var d dto.Metric
+		if err := m.HTTPServerConnectionsShed.WithLabelValues(reason).Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		n += d.GetCounter().GetValue()
+	}
+	return int(n)
 }
 
 // TestConnectionCapBusy checks that when every connection under the cap

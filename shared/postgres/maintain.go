@@ -72,26 +72,28 @@ func (db *DB) RequestNextDeadline(ctx context.Context) (time.Duration, bool, err
 	return *wait, true, nil
 }
 
-// RequestNextDue is how long until the earliest future due time of a
+// RequestNextDue is how long until the earliest due time after after of a
 // QUEUED request that a claim could take (its deployment not paused, due
-// before its deadline), by the database's clock; false when none is
-// waiting, under the claim's planner settings (claimPlanSettings).
-// Requests already due are left out: they wait for a free slot,
-// which a completion's wake-up announces, not a timer. Each deployment's
+// before its deadline), by the database's clock (negative when that time
+// has come); false when none is waiting. Pass the time a claim started:
+// requests due by then were the claim's to take, and those it left wait
+// for a free slot, which a completion's wake-up announces, not a timer;
+// those due since are found here, however close the race. It runs under
+// the claim's planner settings (claimPlanSettings). Each deployment's
 // part of async_requests_queued_idx is probed once per priority, so the
 // cost follows the number of deployments, never the queue.
-func (db *DB) RequestNextDue(ctx context.Context) (time.Duration, bool, error) {
+func (db *DB) RequestNextDue(ctx context.Context, after time.Time) (time.Duration, bool, error) {
 	waits, err := queryWith(ctx, db.Pool, `SELECT `+claimPlanSettings, pgx.RowTo[*time.Duration], `
 		SELECT min(q.due_at) - now() FROM deployments d
 		CROSS JOIN generate_series(0, 2) AS p(priority)
 		CROSS JOIN LATERAL (
 			SELECT r.due_at FROM async_requests r
 			WHERE r.deployment_id = d.id AND r.state = 'QUEUED' AND r.priority = p.priority
-				AND r.due_at > now() AND r.due_at < r.deadline_at
+				AND r.due_at > $1 AND r.due_at < r.deadline_at
 			ORDER BY r.due_at
 			LIMIT 1
 		) q
-		WHERE NOT d.paused`)
+		WHERE NOT d.paused`, after)
 	if err != nil {
 		return 0, false, fmt.Errorf("next due time: %w", err)
 	}

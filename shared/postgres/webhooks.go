@@ -65,15 +65,28 @@ type WebhookDeliveryClaimParams struct {
 	Lease time.Duration
 }
 
+// WebhookClaim is what one claim took, and when the next delivery is due.
+type WebhookClaim struct {
+	Deliveries []WebhookDelivery
+	// NextDue is how long after the claim the earliest delivery still
+	// PENDING is due, by the database's clock (zero or less when one is due
+	// already: one that came due during the claim, or that a concurrent
+	// claim holds locked); Pending is false when none is left.
+	NextDue time.Duration
+	Pending bool
+}
+
 // WebhookDeliveryClaimBatch claims due PENDING deliveries, oldest due first,
 // in one statement: each becomes IN_PROGRESS under a lease with its attempt
 // counted. Rows locked by a concurrent claim are skipped, so deliverers
-// never claim the same row.
-func (db *DB) WebhookDeliveryClaimBatch(ctx context.Context, p WebhookDeliveryClaimParams) ([]WebhookDelivery, error) {
+// never claim the same row. The next due time is read in the same round
+// trip, after the claim, so a deliverer knows how long it may sleep.
+func (db *DB) WebhookDeliveryClaimBatch(ctx context.Context, p WebhookDeliveryClaimParams) (WebhookClaim, error) {
 	if p.Limit < 1 {
-		return nil, nil
+		return WebhookClaim{}, nil
 	}
-	rows, err := db.Pool.Query(ctx, `
+	b := &pgx.Batch{}
+	b.Queue(`
 		UPDATE webhook_deliveries d
 		SET state = 'IN_PROGRESS', attempts = d.attempts + 1, lease_owner = $1,
 			lease_expires_at = now() + make_interval(secs => $3)
@@ -88,8 +101,12 @@ func (db *DB) WebhookDeliveryClaimBatch(ctx context.Context, p WebhookDeliveryCl
 		RETURNING d.id, d.attempts, r.id, r.organization_id, r.model_id, r.is_chain, r.deployment_id,
 			r.state, coalesce(r.webhook_endpoint, ''), r.output, r.errors`,
 		p.Owner, p.Limit, p.Lease.Seconds())
+	b.Queue(webhookNextDueSQL)
+	br := db.Pool.SendBatch(ctx, b)
+	defer br.Close()
+	rows, err := br.Query()
 	if err != nil {
-		return nil, fmt.Errorf("claim webhook deliveries: %w", err)
+		return WebhookClaim{}, fmt.Errorf("claim webhook deliveries: %w", err)
 	}
 	batch, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (WebhookDelivery, error) {
 		var d WebhookDelivery
@@ -109,10 +126,27 @@ func (db *DB) WebhookDeliveryClaimBatch(ctx context.Context, p WebhookDeliveryCl
 		return d, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("claim webhook deliveries: %w", err)
+		return WebhookClaim{}, fmt.Errorf("claim webhook deliveries: %w", err)
 	}
-	return batch, nil
+	c := WebhookClaim{Deliveries: batch}
+	var secs *float64
+	if err := br.QueryRow().Scan(&secs); err != nil {
+		return WebhookClaim{}, fmt.Errorf("claim webhook deliveries: next due time: %w", err)
+	}
+	if err := br.Close(); err != nil {
+		return WebhookClaim{}, fmt.Errorf("claim webhook deliveries: %w", err)
+	}
+	if secs != nil {
+		c.NextDue, c.Pending = time.Duration(*secs*float64(time.Second)), true
+	}
+	return c, nil
 }
+
+// webhookNextDueSQL reads how long until the earliest PENDING delivery is
+// due, in seconds; NULL when none is pending.
+const webhookNextDueSQL = `
+	SELECT extract(epoch FROM min(due_at) - now())::float8
+	FROM webhook_deliveries WHERE state = 'PENDING'`
 
 // reclaimBatchLimit bounds the rows one WebhookDeliveryReclaimExpired call
 // moves, so that a backlog after an outage is worked off in short statements.
@@ -266,25 +300,6 @@ func (db *DB) WebhookDeliveryRecordBatch(ctx context.Context, owner string, outc
 		return nil, fmt.Errorf("record webhook outcomes: %w", err)
 	}
 	return recorded, nil
-}
-
-// WebhookDeliveryNextDue returns how long until the earliest PENDING
-// delivery is due, by the database's clock (zero or less when one is due
-// already: it came due after a claim looked), and false when none is
-// pending. Deliverers sleep until then rather than until their next poll, so
-// a scheduled retry goes out on time.
-func (db *DB) WebhookDeliveryNextDue(ctx context.Context) (time.Duration, bool, error) {
-	var secs *float64
-	err := db.Pool.QueryRow(ctx, `
-		SELECT extract(epoch FROM min(due_at) - now())::float8
-		FROM webhook_deliveries WHERE state = 'PENDING'`).Scan(&secs)
-	if err != nil {
-		return 0, false, fmt.Errorf("next webhook due time: %w", err)
-	}
-	if secs == nil {
-		return 0, false, nil
-	}
-	return time.Duration(*secs * float64(time.Second)), true, nil
 }
 
 // WebhookDeliveryRelease hands claimed deliveries back on shutdown: PENDING,

@@ -46,11 +46,11 @@ func webhookRedeliver(t *testing.T, pg *postgres.DB, id requestid.ID, dueIn time
 
 func webhookClaim(t *testing.T, pg *postgres.DB, owner string, limit int) []postgres.WebhookDelivery {
 	t.Helper()
-	batch, err := pg.WebhookDeliveryClaimBatch(context.Background(), postgres.WebhookDeliveryClaimParams{Owner: owner, Limit: limit, Lease: time.Minute})
+	c, err := pg.WebhookDeliveryClaimBatch(context.Background(), postgres.WebhookDeliveryClaimParams{Owner: owner, Limit: limit, Lease: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return batch
+	return c.Deliveries
 }
 
 // webhookRecord records outcomes as owner in one statement and returns the
@@ -133,6 +133,10 @@ func TestWebhookDelivery(t *testing.T) {
 		if got := webhookClaim(t, pg, "c", 10); len(got) != 0 {
 			t.Fatalf("third claim = %+v, want nothing", got)
 		}
+		c, err := pg.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{Owner: "c", Limit: 10, Lease: time.Minute})
+		if err != nil || len(c.Deliveries) != 0 || !c.Pending || c.NextDue < 59*time.Minute || c.NextDue > time.Hour {
+			t.Errorf("claim = %+v, %v; want nothing claimed and the next due in about an hour", c, err)
+		}
 	})
 
 	t.Run("OnlyTheLeaseOwnerRecords", func(t *testing.T) {
@@ -188,11 +192,9 @@ func TestWebhookDelivery(t *testing.T) {
 		if got := webhookRecord(t, pg, "a", retried(d.ID, time.Hour, "500")); len(got) != 1 {
 			t.Fatalf("retry recorded %v", got)
 		}
-		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || !ok || in < 59*time.Minute || in > time.Hour {
-			t.Errorf("next due in %v, %v, %v; want about an hour", in, ok, err)
-		}
-		if got := webhookClaim(t, pg, "a", 1); len(got) != 0 {
-			t.Fatal("claimed a retry before it was due")
+		if c, err := pg.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{Owner: "a", Limit: 1, Lease: time.Minute}); err != nil ||
+			len(c.Deliveries) != 0 || !c.Pending || c.NextDue < 59*time.Minute || c.NextDue > time.Hour {
+			t.Fatalf("claim = %+v, %v; want nothing claimed before the retry is due, in about an hour", c, err)
 		}
 		if _, err := pg.Pool.Exec(ctx, `UPDATE webhook_deliveries SET due_at = now()`); err != nil {
 			t.Fatal(err)
@@ -329,8 +331,9 @@ func TestWebhookDelivery(t *testing.T) {
 				t.Errorf("history %v, want %v", outcomes, tt.history)
 			}
 		}
-		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || !ok || in <= 0 || in > 200*time.Millisecond {
-			t.Errorf("next due in %v, %v, %v; want the 200 ms retry", in, ok, err)
+		if c, err := pg.WebhookDeliveryClaimBatch(ctx, postgres.WebhookDeliveryClaimParams{Owner: "a", Limit: 10, Lease: time.Minute}); err != nil ||
+			len(c.Deliveries) != 0 || !c.Pending || c.NextDue <= 0 || c.NextDue > 200*time.Millisecond {
+			t.Errorf("claim = %+v, %v; want nothing claimed, the next due the 200 ms retry", c, err)
 		}
 
 		// History lives and dies with its request.
@@ -339,18 +342,6 @@ func TestWebhookDelivery(t *testing.T) {
 		}
 		if h := webhookHistory(t, pg, refused); len(h) != 0 {
 			t.Errorf("history outlived its request: %+v", h)
-		}
-	})
-
-	t.Run("NextDue", func(t *testing.T) {
-		t.Parallel()
-		pg, b := setup(t)
-		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || ok {
-			t.Errorf("next due = %v, %v, %v; want none", in, ok, err)
-		}
-		webhookFinish(t, pg, b, postgres.StateSucceeded, -time.Second) // due already
-		if in, ok, err := pg.WebhookDeliveryNextDue(ctx); err != nil || !ok || in > -time.Second {
-			t.Errorf("next due = %v, %v, %v; want a second ago", in, ok, err)
 		}
 	})
 }

@@ -37,6 +37,7 @@ import (
 	"github.com/openasync/asyncrequest/shared/postgres"
 	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
 	"github.com/openasync/asyncrequest/shared/probe"
+	"github.com/openasync/asyncrequest/shared/requestid"
 	"github.com/openasync/asyncrequest/shared/telemetry"
 	"github.com/openasync/asyncrequest/shared/webhook"
 )
@@ -175,12 +176,36 @@ func TestEndToEnd(t *testing.T) {
 				for _, s := range mine {
 					byName[s.Name] = append(byName[s.Name], s)
 				}
-				wantNames := []string{"attempt", "submit"}
+				wantNames := []string{"attempt", "request", "submit"}
 				if len(c.webhooks) > 0 {
 					wantNames = append(wantNames, "webhook")
 				}
 				if got := slices.Sorted(maps.Keys(byName)); !slices.Equal(got, wantNames) {
 					t.Errorf("span names in trace %s = %v, want %v", id, got, wantNames)
+				}
+
+				// One exported root per request, whose span id every other
+				// span of the request has as its parent: siblings of one
+				// trace, wherever each ran. Chains say chain_id, not model_id.
+				roots := byName["request"]
+				if len(roots) != 1 {
+					t.Fatalf("%d request root spans, want 1", len(roots))
+				}
+				rid, _ := requestid.Parse(id)
+				if got, want := roots[0].SpanContext.SpanID(), telemetry.RequestSpanID(rid); got != want || roots[0].Parent.IsValid() {
+					t.Errorf("root span id %s (parent %v), want %s without a parent", got, roots[0].Parent.SpanID(), want)
+				}
+				for _, sp := range mine {
+					if sp.Name != "request" && sp.Parent.SpanID() != roots[0].SpanContext.SpanID() {
+						t.Errorf("%s span's parent %s, want the root %s", sp.Name, sp.Parent.SpanID(), roots[0].SpanContext.SpanID())
+					}
+					wantKey, otherKey := "model_id", "chain_id"
+					if strings.HasPrefix(c.path, "/chains/") {
+						wantKey, otherKey = otherKey, wantKey
+					}
+					if attr(sp, wantKey) == "" || attr(sp, otherKey) != "" {
+						t.Errorf("%s span has %s %q and %s %q", sp.Name, wantKey, attr(sp, wantKey), otherKey, attr(sp, otherKey))
+					}
 				}
 
 				subs := byName["submit"]
@@ -287,8 +312,8 @@ func TestEndToEnd(t *testing.T) {
 			if !boolAttr(replays[0], "idempotent_replay") {
 				t.Error("replay submit span lacks idempotent_replay=true")
 			}
-			if got := len(spansOf(spans, replayed)); got != 2 {
-				t.Errorf("trace %s has %d spans, want the submit and one attempt", replayed, got)
+			if got := len(spansOf(spans, replayed)); got != 3 {
+				t.Errorf("trace %s has %d spans, want the root, the submit and one attempt", replayed, got)
 			}
 		})
 	})

@@ -88,7 +88,8 @@ func (l *Loop) Wake() {
 }
 
 // DueAt tells the loop that work becomes due at t, so that it fetches then
-// at the latest.
+// at the latest. Only the earliest time not yet fetched for is kept: the
+// fetch reports the later ones (Fetched.Next).
 func (l *Loop) DueAt(t time.Time) {
 	l.mu.Lock()
 	earlier := l.hint.IsZero() || t.Before(l.hint)
