@@ -646,57 +646,6 @@ func (db *DB) QueueDepthList(ctx context.Context) ([]QueueDepth, error) {
 	return depths, nil
 }
 
-// WakeListen calls wake for every notification on channel, and once after
-// each (re)connection, since notifications sent while disconnected are
-// lost. It holds a connection of its own, outside the pool, reconnects with
-// backoff when it breaks (reporting the error to onError, which may be nil),
-// and returns when ctx is done. Wake-ups only shorten latency: callers poll
-// as well, so nothing depends on this connection.
-func (db *DB) WakeListen(ctx context.Context, channel string, wake func(), onError func(error)) {
-	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
-	backoff := minBackoff
-	for ctx.Err() == nil {
-		err := db.listenOnce(ctx, channel, wake, func() { backoff = minBackoff })
-		if ctx.Err() != nil {
-			return
-		}
-		if onError != nil {
-			onError(err)
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		backoff = min(2*backoff, maxBackoff)
-	}
-}
-
-func (db *DB) listenOnce(ctx context.Context, channel string, wake, connected func()) error {
-	conn, err := pgx.ConnectConfig(ctx, db.Pool.Config().ConnConfig)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", channel, err)
-	}
-	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		defer cancel()
-		conn.Close(closeCtx)
-	}()
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{channel}.Sanitize()); err != nil {
-		return fmt.Errorf("listen on %s: %w", channel, err)
-	}
-	connected()
-	wake()
-	for {
-		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return fmt.Errorf("listen on %s: %w", channel, err)
-		}
-		wake()
-	}
-}
-
 // statusRetention and outputRetention apply the defaults to a DB built by
 // hand (tests, tools) rather than by Open.
 func (db *DB) statusRetention() time.Duration {
