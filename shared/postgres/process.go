@@ -42,8 +42,10 @@ const claimPlanSettings = `set_config('enable_sort', 'off', true), set_config('e
 // statements that find a batch of requests by id. Their cost must follow
 // the batch: as long as the table is small next to the batch, or its
 // statistics predate the running requests, a sequential scan, reading
-// every finished row, can look as cheap as the lookups.
-const byKeySettings = `SELECT set_config('enable_seqscan', 'off', true)`
+// every finished row, can look as cheap as the lookups. A plan with a
+// ruled-out node costs enough to be JIT-compiled, which would take longer
+// than the statement, so JIT is off too.
+const byKeySettings = `SELECT set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)`
 
 // batchSender sends batches: a pool (each batch its own transaction) or a
 // transaction.

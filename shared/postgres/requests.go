@@ -394,8 +394,10 @@ func (db *DB) RequestQueuePosition(ctx context.Context, r Request) (int64, error
 // queuePositionSettings keep RequestQueuePosition on the queued index. The
 // planner cannot tell how many rows the row comparison leaves, guesses
 // one, and would rather read the whole table and sort than walk the index
-// in order to the cap; ruling out both leaves the walk.
-const queuePositionSettings = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true)`
+// in order to the cap; ruling out both leaves the walk (and JIT off, as for
+// every statement with ruled-out plans: see byKeySettings).
+const queuePositionSettings = `SELECT set_config('enable_sort', 'off', true), set_config('enable_seqscan', 'off', true),
+	set_config('jit', 'off', true)`
 
 // RequestCancel cancels a QUEUED request (including one waiting for a
 // retry). It returns the request as it now is and whether this call
