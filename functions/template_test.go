@@ -207,7 +207,7 @@ func TestTemplateRoutes(t *testing.T) {
 	// Every path of every route of the table (each form: Host, path
 	// prefix, regional) on its function.
 	want := map[string]string{}
-	for _, route := range httpapi.Routes {
+	for _, route := range slices.Concat(httpapi.Routes, httpapi.ConsoleRoutes) {
 		name, ok := templateFunction[route.Function]
 		if !ok {
 			t.Fatalf("route %s: function %q has no template.yaml resource", route, route.Function)

@@ -20,6 +20,7 @@ import (
 
 	"github.com/openasync/asyncrequest/shared/manage"
 	"github.com/openasync/asyncrequest/shared/postgres"
+	"github.com/openasync/asyncrequest/shared/telemetry"
 )
 
 // Prefix is the path under which the console is served.
@@ -81,7 +82,10 @@ func New(o Options) http.Handler {
 	mux.Handle("/console/", s.session(func(w http.ResponseWriter, r *http.Request, _ *sessionCtx) {
 		s.errorPage(w, r, http.StatusNotFound, "Not found", "There is no such page in the console.")
 	}))
-	return securityHeaders(mux)
+	return securityHeaders(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(w, r)
+		telemetry.SetRoute(r.Context(), r.Pattern) // the page, for the HTTP server metrics
+	}))
 }
 
 type server struct {

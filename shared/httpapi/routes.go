@@ -118,11 +118,12 @@ var ModelPrefixes = []string{"/models/{model_id}", "/chains/{chain_id}"}
 
 // Paths returns every path the gateway must route to rt's function: the
 // pattern, and for ScopeModel the pattern under each of ModelPrefixes.
+// A trailing {name...} wildcard is spelled as the gateway's greedy {name+}.
 func (rt Route) Paths() []string {
-	paths := []string{rt.Pattern}
+	paths := []string{gatewayPath(rt.Pattern)}
 	if rt.Scope == ScopeModel {
 		for _, p := range ModelPrefixes {
-			paths = append(paths, p+rt.Pattern)
+			paths = append(paths, gatewayPath(p+rt.Pattern))
 		}
 	}
 	return paths
