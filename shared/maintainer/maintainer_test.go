@@ -86,9 +86,9 @@ func TestLeadership(t *testing.T) {
 		}
 	})
 	eventually(t, "a leader", func() bool { return a.Leading() || b.Leading() })
-	leader, follower, stopLeader := a, b, stopA
+	leader, follower := a, b
 	if b.Leading() {
-		leader, follower, stopLeader = b, a, stopB
+		leader, follower = b, a
 	}
 	holders := func() int {
 		var n int
@@ -106,24 +106,33 @@ func TestLeadership(t *testing.T) {
 		t.Fatal("leadership moved while the leader ran")
 	}
 
-	// The leader's lock connection dies: it steps down at its next check,
-	// the other leads.
+	// The leader's lock connection dies: it steps down at its next check, and
+	// whichever maintainer takes the lock next leads (the old leader, once it
+	// has stepped down, may win it back), the other not.
 	flagsWatched.Store(false)
-	if _, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' `+thisLock,
-		postgres.MaintainerLockKey); err != nil {
+	var killed int
+	if err := db.Pool.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted `+thisLock,
+		postgres.MaintainerLockKey).Scan(&killed); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the follower to lead after the leader's connection died", follower.Leading)
-	eventually(t, "the leader to step down after its connection died", func() bool { return !leader.Leading() })
-	flagsWatched.Store(true)
-	// Then the new leader stops: the old one leads again.
-	if follower == a {
-		stopA()
-	} else {
-		stopB()
+	if _, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend($1)`, killed); err != nil {
+		t.Fatal(err)
 	}
-	eventually(t, "the first leader to lead again", leader.Leading)
-	stopLeader()
+	eventually(t, "one maintainer to lead on a new connection after the leader's died", func() bool {
+		var pid int
+		err := db.Pool.QueryRow(ctx, `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted `+thisLock,
+			postgres.MaintainerLockKey).Scan(&pid)
+		return err == nil && pid != killed && a.Leading() != b.Leading()
+	})
+	flagsWatched.Store(true)
+	// Then the new leader stops: the other leads.
+	stopNew, other, stopOther := stopA, b, stopB
+	if b.Leading() {
+		stopNew, other, stopOther = stopB, a, stopA
+	}
+	stopNew()
+	eventually(t, "the other maintainer to lead once the leader stopped", other.Leading)
+	stopOther()
 	stopWatch()
 	watched.Wait()
 	if both > 0 {
