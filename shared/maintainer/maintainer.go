@@ -8,9 +8,11 @@
 // pg_try_advisory_lock on a connection of its own. Every processor runs a
 // Maintainer; the others try the lock again every interval, so when the
 // leader stops or dies (the server releases the lock with its connection)
-// another takes over within an interval. The sweeps are safe to run twice
-// at once all the same (they lock their rows and skip locked ones): the
-// lock saves the work, not correctness.
+// another takes over within an interval. A leader whose connection died
+// learns it at its next check, before its next sweep, so it may finish one
+// sweep beside its successor: the sweeps are safe to run twice at once (they
+// lock their rows and skip locked ones); the lock saves the work, not
+// correctness.
 //
 // The leader sweeps every interval and also at the earliest queue deadline,
 // so a request expires within milliseconds of its deadline, not a sweep

@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,9 +48,9 @@ func eventually(t *testing.T, what string, ok func() bool) {
 const thisLock = `AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
 	AND ((classid::bigint << 32) | objid::bigint) = $1`
 
-// TestLeadership: of two maintainers on one database, exactly one leads at
-// any time; when the leader stops, or its lock's connection dies, the other
-// takes over.
+// TestLeadership: of two maintainers on one database, one leads at a time;
+// when the leader stops, or its lock's connection dies, the other takes
+// over (and the old one, at its next check, steps down).
 func TestLeadership(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -60,14 +61,27 @@ func TestLeadership(t *testing.T) {
 	a, b := newM(), newM()
 	stopA, stopB := run(t, a), run(t, b)
 
-	// Watch both while they run: never two leaders.
+	// Watch both while they run: never two sessions holding the lock, and,
+	// but for the moments between a leader's connection dying and its next
+	// check, never two maintainers saying they lead.
 	watchCtx, stopWatch := context.WithCancel(ctx)
-	var both int
+	var both, twoHolders int
+	var flagsWatched atomic.Bool
+	flagsWatched.Store(true)
 	var watched sync.WaitGroup
 	watched.Go(func() {
 		for watchCtx.Err() == nil {
-			if a.Leading() && b.Leading() {
+			if flagsWatched.Load() && a.Leading() && b.Leading() {
 				both++
+			}
+		}
+	})
+	watched.Go(func() {
+		for watchCtx.Err() == nil {
+			var n int
+			if err := db.Pool.QueryRow(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted `+thisLock,
+				postgres.MaintainerLockKey).Scan(&n); err == nil && n > 1 {
+				twoHolders++
 			}
 		}
 	})
@@ -92,12 +106,16 @@ func TestLeadership(t *testing.T) {
 		t.Fatal("leadership moved while the leader ran")
 	}
 
-	// The leader's lock connection dies: it steps down, the other leads.
+	// The leader's lock connection dies: it steps down at its next check,
+	// the other leads.
+	flagsWatched.Store(false)
 	if _, err := db.Pool.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' `+thisLock,
 		postgres.MaintainerLockKey); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "the follower to lead after the leader's connection died", follower.Leading)
+	eventually(t, "the leader to step down after its connection died", func() bool { return !leader.Leading() })
+	flagsWatched.Store(true)
 	// Then the new leader stops: the old one leads again.
 	if follower == a {
 		stopA()
@@ -110,6 +128,9 @@ func TestLeadership(t *testing.T) {
 	watched.Wait()
 	if both > 0 {
 		t.Errorf("both maintainers led at once, %d times seen", both)
+	}
+	if twoHolders > 0 {
+		t.Errorf("two sessions held the maintainer lock at once, %d times seen", twoHolders)
 	}
 	if n := holders(); n != 0 {
 		t.Errorf("%d sessions hold the maintainer lock after both stopped", n)

@@ -1,6 +1,8 @@
 // Package apitest holds what the tests of the HTTP pieces share: a settable
-// clock, the two ways a URL names a model, the check of the API's error
-// body, and a buffer that goroutines may write logs to.
+// clock, the two ways a URL names a model, the one check of the API's error
+// body (DecodeError, CheckError), the wrapper that validates every answer
+// of a handler against the OpenAPI document (Validated), and a buffer that
+// goroutines may write logs to.
 package apitest
 
 import (
