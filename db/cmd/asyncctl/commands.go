@@ -67,9 +67,6 @@ func createAPIKeyCmd(c *cli, fs *flag.FlagSet) func() error {
 
 func listAPIKeysCmd(c *cli, fs *flag.FlagSet) func() error {
 	return func() error {
-		if err := c.checkOrg(); err != nil {
-			return err
-		}
 		svc, a, err := c.service()
 		if err != nil {
 			return err
@@ -220,9 +217,6 @@ const deploymentHeader = "ID\tMODEL\tURL HOST\tENVIRONMENTS\tMAX CONCURRENCY\tPA
 
 func listDeploymentsCmd(c *cli, fs *flag.FlagSet) func() error {
 	return func() error {
-		if err := c.checkOrg(); err != nil {
-			return err
-		}
 		svc, a, err := c.service()
 		if err != nil {
 			return err
@@ -484,9 +478,6 @@ func bulkCmd(name string) func(c *cli, fs *flag.FlagSet) func() error {
 
 func listWebhookSecretsCmd(c *cli, fs *flag.FlagSet) func() error {
 	return func() error {
-		if err := c.checkOrg(); err != nil {
-			return err
-		}
 		svc, a, err := c.service()
 		if err != nil {
 			return err

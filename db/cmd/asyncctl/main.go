@@ -202,9 +202,12 @@ func (c *cli) checkOrg() error {
 	return nil
 }
 
-// service opens the database and returns the management service acting for
+// service checks --org, opens the database and returns the management service acting for
 // --org as the operator (key id 0, named "asyncctl").
 func (c *cli) service() (*manage.Service, manage.Actor, error) {
+	if err := c.checkOrg(); err != nil {
+		return nil, manage.Actor{}, err
+	}
 	pg, err := c.open()
 	if err != nil {
 		return nil, manage.Actor{}, err
