@@ -351,22 +351,7 @@ func TestDev(t *testing.T) {
 // database, and sends a request through all three.
 func TestPieces(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	url := pgtest.URL(t)
-	pg, err := postgres.Open(ctx, url, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
-	model := httptest.NewServer(examplemodel.New(examplemodel.Options{Logger: slog.New(slog.DiscardHandler)}))
-	t.Cleanup(model.Close)
-	secret, err := webhook.GenerateSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := localdev.Seed(ctx, pg, localdev.SeedOptions{APIKey: testAPIKey, WebhookSecret: secret, ModelURL: model.URL}); err != nil {
-		t.Fatal(err)
-	}
+	url, secret := seededDatabase(t)
 
 	bin := buildAsyncdev(t)
 	ports := freePorts(t, 4)
@@ -507,4 +492,28 @@ func freePorts(t *testing.T, n int) []string {
 		ports = append(ports, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 	}
 	return ports
+}
+
+// seededDatabase returns the URL of a database of t's own, seeded as make dev
+// seeds (testAPIKey, a new webhook secret, returned) with the example
+// deployments served by an example model that lives as long as t.
+func seededDatabase(t *testing.T) (url, secret string) {
+	t.Helper()
+	ctx := context.Background()
+	url = pgtest.URL(t)
+	pg, err := postgres.Open(ctx, url, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pg.Close()
+	model := httptest.NewServer(examplemodel.New(examplemodel.Options{Logger: slog.New(slog.DiscardHandler)}))
+	t.Cleanup(model.Close)
+	secret, err = webhook.GenerateSecret()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := localdev.Seed(ctx, pg, localdev.SeedOptions{APIKey: testAPIKey, WebhookSecret: secret, ModelURL: model.URL}); err != nil {
+		t.Fatal(err)
+	}
+	return url, secret
 }

@@ -2,9 +2,7 @@ package localdev_test
 
 import (
 	"bufio"
-	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -12,12 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/openasync/asyncrequest/localdev"
-	"github.com/openasync/asyncrequest/localdev/examplemodel"
-	"github.com/openasync/asyncrequest/shared/postgres"
-	"github.com/openasync/asyncrequest/shared/postgres/pgtest"
-	"github.com/openasync/asyncrequest/shared/webhook"
 )
 
 // TestProductionProcesses runs make run-server and make run-processor as
@@ -28,22 +20,7 @@ import (
 // and answer a slow body with no key at once instead of holding it.
 func TestProductionProcesses(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
-	url := pgtest.URL(t)
-	pg, err := postgres.Open(ctx, url, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pg.Close()
-	model := httptest.NewServer(examplemodel.New(examplemodel.Options{Logger: slog.New(slog.DiscardHandler)}))
-	t.Cleanup(model.Close)
-	secret, err := webhook.GenerateSecret()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := localdev.Seed(ctx, pg, localdev.SeedOptions{APIKey: testAPIKey, WebhookSecret: secret, ModelURL: model.URL}); err != nil {
-		t.Fatal(err)
-	}
+	url, _ := seededDatabase(t)
 	var received atomic.Int32
 	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { received.Add(1) }))
 	t.Cleanup(receiver.Close)
